@@ -1,0 +1,14 @@
+"""fastbp: multilayer perceptrons trained by backpropagation on the CPU, with explicit-loop
+Numba kernels.
+
+>>> import fastbp
+>>> X_train, X_test, y_train, y_test = fastbp.datasets.load_digits_split()
+>>> net = fastbp.MLP([64, 64, 10], activation="tanh", loss="cross_entropy", seed=0)
+>>> net.fit(X_train, y_train, epochs=20, batch_size=16, lr=0.1)  # doctest: +SKIP
+"""
+from . import datasets, kernels
+from .model import MLP
+
+__version__ = "0.1.0"
+
+__all__ = ["MLP", "datasets", "kernels", "__version__"]

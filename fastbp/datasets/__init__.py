@@ -1,0 +1,59 @@
+"""Datasets bundled with fastbp.
+
+``digits.csv.gz``: the UCI "Optical Recognition of Handwritten Digits" data set
+(E. Alpaydin and C. Kaynak, 1998; UCI Machine Learning Repository), in the 8x8 version that
+scikit-learn distributes: 1,797 images, 64 pixel values 0..16 in row-major order, then the class
+label 0..9. License: CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/). See ``README``
+in this folder.
+"""
+import gzip
+from importlib import resources
+
+import numpy as np
+
+from .. import _validation as V
+
+
+def load_digits(dtype="float32", scale=True):
+    """The digits set as ``(X, y)``: X (1797, 64) float pixels, y (1797,) int64 labels 0..9.
+
+    With ``scale`` (the default) pixels are divided by 16 into [0, 1].
+    """
+    dt = V.check_dtype(dtype)
+    with resources.files(__name__).joinpath("digits.csv.gz").open("rb") as raw:
+        with gzip.open(raw, "rt") as fh:
+            data = np.loadtxt(fh, delimiter=",", dtype=np.int64)
+    X = data[:, :64].astype(dt)
+    if scale:
+        X /= dt.type(16)
+    return np.ascontiguousarray(X), data[:, 64].copy()
+
+
+def train_test_split(X, y, test_fraction=0.25, seed=0):
+    """A fixed, seeded, stratified split: ``X_train, X_test, y_train, y_test``.
+
+    Each class is split in the same proportion, so the test set has every class. The same
+    ``seed`` always gives the same split (NumPy's PCG64 generator).
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
+    test_fraction = V.check_positive_float("test_fraction", test_fraction)
+    if not test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        test.append(idx[:int(round(test_fraction * len(idx)))])
+    test = np.sort(np.concatenate(test))
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return X[train], X[test], y[train], y[test]
+
+
+def load_digits_split(dtype="float32", test_fraction=0.25, seed=0):
+    """``load_digits`` followed by the fixed split: ``X_train, X_test, y_train, y_test``."""
+    X, y = load_digits(dtype)
+    return train_test_split(X, y, test_fraction, seed)

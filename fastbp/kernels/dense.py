@@ -1,0 +1,187 @@
+"""Dense-layer kernels: forward with the activation fused, delta propagation, gradients.
+
+Argument order everywhere: outputs first, then inputs, then parameters, then codes/scalars.
+Each kernel exists twice (``_config.jit_pair``): ``name`` is threaded with ``prange``,
+``name_serial`` is the same body compiled without threads, for work too small to share.
+
+Threads never write the same element: the forward pass gives each thread whole 4-row blocks of
+output units, delta propagation whole (sample, column-chunk) tiles of ``dinp``, and the gradient
+whole 4-row blocks of ``dW``. There are no atomics and no reductions across threads, so a result
+does not depend on the number of threads.
+"""
+from numba import prange
+
+from .._config import jit_pair
+from .activations import IDENTITY, SOFTMAX, activate, activation_grad, softmax_row
+
+# Column chunk for the kernels that stream along the input dimension: 4 rows of this many
+# float64 stay in L1 while the other loop runs over them.
+CHUNK = 256
+
+
+def dense_forward(out, inp, weight, bias, act):
+    """out = f(inp W^T + b), i.e. ``(z)_bi = sum_j W_ij x_bj + b_i`` and ``out_bi = f(z_bi)``.
+
+    out (B, n_out), inp (B, n_in), weight (n_out, n_in), bias (n_out,), act: activation code
+    (softmax is applied row-wise once all sums are done).
+    """
+    B, n_in = inp.shape
+    n_out = weight.shape[0]
+    elementwise = act != SOFTMAX
+    n_blk = (n_out + 3) // 4
+    for t in prange(n_blk):
+        i0 = 4 * t
+        if i0 + 4 <= n_out:
+            w0 = weight[i0]
+            w1 = weight[i0 + 1]
+            w2 = weight[i0 + 2]
+            w3 = weight[i0 + 3]
+            c0 = bias[i0]
+            c1 = bias[i0 + 1]
+            c2 = bias[i0 + 2]
+            c3 = bias[i0 + 3]
+            b = 0
+            while b + 2 <= B:
+                # a 4 (units) x 2 (samples) register tile
+                x0 = inp[b]
+                x1 = inp[b + 1]
+                s00 = type(c0)(0.0)
+                s01 = s00
+                s10 = s00
+                s11 = s00
+                s20 = s00
+                s21 = s00
+                s30 = s00
+                s31 = s00
+                for j in range(n_in):
+                    u = x0[j]
+                    v = x1[j]
+                    s00 += w0[j] * u
+                    s01 += w0[j] * v
+                    s10 += w1[j] * u
+                    s11 += w1[j] * v
+                    s20 += w2[j] * u
+                    s21 += w2[j] * v
+                    s30 += w3[j] * u
+                    s31 += w3[j] * v
+                out[b, i0] = s00 + c0
+                out[b + 1, i0] = s01 + c0
+                out[b, i0 + 1] = s10 + c1
+                out[b + 1, i0 + 1] = s11 + c1
+                out[b, i0 + 2] = s20 + c2
+                out[b + 1, i0 + 2] = s21 + c2
+                out[b, i0 + 3] = s30 + c3
+                out[b + 1, i0 + 3] = s31 + c3
+                b += 2
+            if b < B:
+                x0 = inp[b]
+                s0 = type(c0)(0.0)
+                s1 = s0
+                s2 = s0
+                s3 = s0
+                for j in range(n_in):
+                    u = x0[j]
+                    s0 += w0[j] * u
+                    s1 += w1[j] * u
+                    s2 += w2[j] * u
+                    s3 += w3[j] * u
+                out[b, i0] = s0 + c0
+                out[b, i0 + 1] = s1 + c1
+                out[b, i0 + 2] = s2 + c2
+                out[b, i0 + 3] = s3 + c3
+            if elementwise:
+                for b in range(B):
+                    for i in range(i0, i0 + 4):
+                        out[b, i] = activate(out[b, i], act)
+        else:
+            for i in range(i0, n_out):
+                w = weight[i]
+                for b in range(B):
+                    x = inp[b]
+                    s = type(bias[i])(0.0)
+                    for j in range(n_in):
+                        s += w[j] * x[j]
+                    z = s + bias[i]
+                    out[b, i] = activate(z, act) if elementwise else z
+    if not elementwise:
+        for b in prange(B):
+            softmax_row(out[b])
+
+
+def dense_backward(dinp, dout, weight, inp, act):
+    """Delta propagation: ``(dinp)_bj = f'(a_bj) * sum_i W_ij (dout)_bi`` (``W^T delta``).
+
+    dinp (B, n_in) = delta_{l-1}, dout (B, n_out) = delta_l, weight (n_out, n_in) = W_l,
+    inp (B, n_in) = a_{l-1} (the activation whose derivative is taken), act: its code.
+    """
+    B, n_in = dinp.shape
+    n_out = weight.shape[0]
+    n_chunks = (n_in + CHUNK - 1) // CHUNK
+    for t in prange(B * n_chunks):
+        b = t // n_chunks
+        j0 = (t % n_chunks) * CHUNK
+        j1 = min(j0 + CHUNK, n_in)
+        acc = dinp[b, j0:j1]
+        d = dout[b]
+        acc[:] = 0
+        i = 0
+        while i + 4 <= n_out:
+            d0 = d[i]
+            d1 = d[i + 1]
+            d2 = d[i + 2]
+            d3 = d[i + 3]
+            w0 = weight[i, j0:j1]
+            w1 = weight[i + 1, j0:j1]
+            w2 = weight[i + 2, j0:j1]
+            w3 = weight[i + 3, j0:j1]
+            for j in range(j1 - j0):
+                acc[j] += d0 * w0[j] + d1 * w1[j] + d2 * w2[j] + d3 * w3[j]
+            i += 4
+        while i < n_out:
+            d0 = d[i]
+            w0 = weight[i, j0:j1]
+            for j in range(j1 - j0):
+                acc[j] += d0 * w0[j]
+            i += 1
+        if act != IDENTITY:
+            a = inp[b, j0:j1]
+            for j in range(j1 - j0):
+                acc[j] *= activation_grad(a[j], act)
+
+
+def dense_grad(dweight, dbias, dout, inp, scale):
+    """Gradients summed over the batch: ``dW = scale * dout^T inp``, ``db = scale * sum_b dout``.
+
+    ``(dW)_ij = scale * sum_b (dout)_bi (inp)_bj`` (B-summed outer products), with
+    ``scale = 1/B`` for the mean loss. dweight (n_out, n_in), dbias (n_out,),
+    dout (B, n_out) = delta_l, inp (B, n_in) = a_{l-1}, scale: a scalar of the arrays' dtype.
+    """
+    B, n_in = inp.shape
+    n_out = dweight.shape[0]
+    n_blk = (n_out + 3) // 4
+    n_chunks = (n_in + CHUNK - 1) // CHUNK
+    for t in prange(n_blk * n_chunks):
+        i0 = 4 * (t // n_chunks)
+        i1 = min(i0 + 4, n_out)
+        j0 = (t % n_chunks) * CHUNK
+        j1 = min(j0 + CHUNK, n_in)
+        for i in range(i0, i1):
+            g = dweight[i, j0:j1]
+            g[:] = 0
+            for b in range(B):
+                d = dout[b, i]
+                x = inp[b, j0:j1]
+                for j in range(j1 - j0):
+                    g[j] += d * x[j]
+            for j in range(j1 - j0):
+                g[j] *= scale
+            if j0 == 0:
+                s = dbias.dtype.type(0.0)
+                for b in range(B):
+                    s += dout[b, i]
+                dbias[i] = s * scale
+
+
+dense_forward_serial, dense_forward = jit_pair(dense_forward)
+dense_backward_serial, dense_backward = jit_pair(dense_backward)
+dense_grad_serial, dense_grad = jit_pair(dense_grad)

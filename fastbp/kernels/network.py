@@ -1,0 +1,176 @@
+"""Whole-network passes: they only slice buffers and call the layer kernels in order.
+
+A network is described by a ``layout`` table, int64 of shape (L, 5), one row per layer with the
+columns ``N_IN, N_OUT, W_OFF, B_OFF, ACT``: the layer's sizes, the offsets of ``W_l`` (n_out, n_in,
+row-major) and ``b_l`` (n_out,) in the flat parameter buffer, and the activation code.
+Gradients use the same offsets in a twin buffer. Workspaces are flat buffers that these functions
+slice per batch, so a training epoch allocates nothing.
+"""
+import numpy as np
+from numba import get_num_threads
+
+from .._config import jit
+from .dense import (dense_backward, dense_backward_serial, dense_forward, dense_forward_serial,
+                    dense_grad, dense_grad_serial)
+from .losses import loss_sum, output_delta
+from .optim import sgd_update, sgd_update_serial
+
+N_IN, N_OUT, W_OFF, B_OFF, ACT = range(5)
+
+# Below this many multiply-adds a layer kernel runs on the calling thread: waking the thread
+# pool costs more than the work. Every driver below takes this threshold as its ``min_par``
+# argument (``parallel_threshold()`` gives the value for the current thread count; numba's
+# thread count is not read inside the kernels, which keeps them cacheable).
+PARALLEL_MIN_WORK = 1 << 15
+SERIAL_ONLY = np.iinfo(np.int64).max
+
+
+def parallel_threshold():
+    """``min_par`` for the drivers: ``PARALLEL_MIN_WORK``, or never when numba has 1 thread."""
+    return PARALLEL_MIN_WORK if get_num_threads() > 1 else SERIAL_ONLY
+
+
+@jit()
+def layer_params(params, layout, l):
+    """Views ``(W_l (n_out, n_in), b_l (n_out,))`` into the flat buffer ``params``."""
+    n_in = layout[l, N_IN]
+    n_out = layout[l, N_OUT]
+    w = params[layout[l, W_OFF]:layout[l, W_OFF] + n_out * n_in].reshape((n_out, n_in))
+    b = params[layout[l, B_OFF]:layout[l, B_OFF] + n_out]
+    return w, b
+
+
+@jit()
+def workspace_size(layout):
+    """Elements per sample of the activation (and delta) workspace: ``sum_l n_out_l``."""
+    s = 0
+    for l in range(layout.shape[0]):
+        s += layout[l, N_OUT]
+    return s
+
+
+@jit()
+def layer_rows(buf, layout, l, B):
+    """View (B, n_out_l) of layer ``l``'s slot in an activation or delta workspace ``buf``."""
+    off = 0
+    for k in range(l):
+        off += B * layout[k, N_OUT]
+    n = layout[l, N_OUT]
+    return buf[off:off + B * n].reshape((B, n))
+
+
+@jit()
+def layer_forward(out, a, params, layout, l, min_par):
+    """One layer's forward pass, on the calling thread or shared, by the size of the work."""
+    w, b = layer_params(params, layout, l)
+    if a.shape[0] * w.shape[0] * w.shape[1] >= min_par:
+        dense_forward(out, a, w, b, layout[l, ACT])
+    else:
+        dense_forward_serial(out, a, w, b, layout[l, ACT])
+
+
+@jit()
+def forward_batch(acts, x, params, layout, min_par):
+    """Forward pass of a batch; every ``a_l`` is kept in ``acts`` for the backward pass.
+
+    acts (>= B * sum_l n_out_l,) workspace, x (B, n_0) -> view of a_L (B, n_L).
+    """
+    B = x.shape[0]
+    a = layer_rows(acts, layout, 0, B)
+    layer_forward(a, x, params, layout, 0, min_par)
+    for l in range(1, layout.shape[0]):
+        out = layer_rows(acts, layout, l, B)
+        layer_forward(out, a, params, layout, l, min_par)
+        a = out
+    return a
+
+
+@jit()
+def layer_backward(grads, d_prev, d, a_prev, params, layout, l, scale, min_par):
+    """One layer's backward pass: its gradients from ``d`` = delta_l and ``a_prev`` = a_{l-1},
+    and, unless ``l == 0``, ``d_prev`` = delta_{l-1} (computed with W_l before any update)."""
+    dw, db = layer_params(grads, layout, l)
+    w, _ = layer_params(params, layout, l)
+    threads = a_prev.shape[0] * w.shape[0] * w.shape[1] >= min_par
+    if threads:
+        dense_grad(dw, db, d, a_prev, scale)
+    else:
+        dense_grad_serial(dw, db, d, a_prev, scale)
+    if l > 0:
+        if threads:
+            dense_backward(d_prev, d, w, a_prev, layout[l - 1, ACT])
+        else:
+            dense_backward_serial(d_prev, d, w, a_prev, layout[l - 1, ACT])
+
+
+@jit()
+def backward_batch(grads, deltas, acts, x, y, params, layout, loss, min_par):
+    """Backward pass of a batch after ``forward_batch``: gradients of the mean loss into ``grads``.
+
+    grads (P,) twin of params, deltas workspace like acts, acts as left by forward_batch,
+    x (B, n_0), y (B, n_L) targets, params (P,), layout (L, 5), loss: loss code.
+    """
+    B = x.shape[0]
+    L = layout.shape[0]
+    scale = params.dtype.type(1.0) / params.dtype.type(B)
+    d = layer_rows(deltas, layout, L - 1, B)
+    output_delta(d, layer_rows(acts, layout, L - 1, B), y, loss, layout[L - 1, ACT])
+    for l in range(L - 1, 0, -1):
+        d_prev = layer_rows(deltas, layout, l - 1, B)
+        layer_backward(grads, d_prev, d, layer_rows(acts, layout, l - 1, B), params, layout, l,
+                       scale, min_par)
+        d = d_prev
+    layer_backward(grads, d, d, x, params, layout, 0, scale, min_par)
+
+
+@jit()
+def predict_into(out, X, params, layout, acts, chunk, min_par):
+    """out (N, n_L) <- network output for X (N, n_0), ``chunk`` rows at a time through ``acts``
+    (>= chunk * sum_l n_out_l)."""
+    N = X.shape[0]
+    for start in range(0, N, chunk):
+        stop = min(start + chunk, N)
+        a = forward_batch(acts, X[start:stop], params, layout, min_par)
+        out[start:stop] = a
+
+
+@jit()
+def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
+                deltas, min_par):
+    """One epoch of mini-batch gradient descent; returns the mean training loss (each batch's
+    loss measured before its update, as scikit-learn's ``loss_curve_``).
+
+    params, grads (P,); X (N, n_0), Y (N, n_L); order (N,) int64 sample order; lr of params'
+    dtype; workspaces xbuf (>= batch_size * n_0), ybuf (>= batch_size * n_L),
+    acts and deltas (>= batch_size * sum_l n_out_l).
+    """
+    N, n0 = X.shape
+    m = Y.shape[1]
+    total = 0.0
+    for start in range(0, N, batch_size):
+        B = min(batch_size, N - start)
+        x = xbuf[:B * n0].reshape((B, n0))
+        y = ybuf[:B * m].reshape((B, m))
+        for r in range(B):
+            x[r] = X[order[start + r]]
+            y[r] = Y[order[start + r]]
+        out = forward_batch(acts, x, params, layout, min_par)
+        total += loss_sum(out, y, loss)
+        backward_batch(grads, deltas, acts, x, y, params, layout, loss, min_par)
+        if params.shape[0] >= min_par:
+            sgd_update(params, grads, lr)
+        else:
+            sgd_update_serial(params, grads, lr)
+    return total / N
+
+
+def make_layout(sizes, act_codes):
+    """The layout table (L, 5) and the parameter count for layer ``sizes`` (n_0, ..., n_L)."""
+    L = len(sizes) - 1
+    layout = np.zeros((L, 5), dtype=np.int64)
+    off = 0
+    for l in range(L):
+        n_in, n_out = sizes[l], sizes[l + 1]
+        layout[l] = (n_in, n_out, off, off + n_in * n_out, act_codes[l])
+        off += n_in * n_out + n_out
+    return layout, off
