@@ -277,7 +277,8 @@ class MLP:
         lr_t = self.dtype.type(lr)
         self.loss_curve_ = getattr(self, "loss_curve_", [])
         for _ in range(epochs):
-            if shuffle:
+            if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k fits of one
+                order[:] = np.arange(N)  # epoch then equal one fit of k epochs
                 self._rng.shuffle(order)
             epoch_loss = knet.train_epoch(self._params, grads, X, Y, order, B, lr_t,
                                           self._layout, self._loss_code, xbuf, ybuf, acts,
