@@ -271,7 +271,7 @@ class MLP:
         grads = np.empty_like(self._params)
         xbuf = np.empty(B * self.layer_sizes[0], dtype=self.dtype)
         ybuf = np.empty(B * self.layer_sizes[-1], dtype=self.dtype)
-        acts = np.empty(B * S, dtype=self.dtype)
+        acts = np.empty(max(B, 2) * S, dtype=self.dtype)  # batch size 1 needs two samples
         deltas = np.empty(B * S, dtype=self.dtype)
         order = np.arange(N, dtype=np.int64)
         lr_t = self.dtype.type(lr)

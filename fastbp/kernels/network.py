@@ -1,9 +1,6 @@
 """Whole-network passes: they only slice buffers and call the layer kernels in order.
 
-A network is described by a ``layout`` table, int64 of shape (L, 5), one row per layer with the
-columns ``N_IN, N_OUT, W_OFF, B_OFF, ACT``: the layer's sizes, the offsets of ``W_l`` (n_out, n_in,
-row-major) and ``b_l`` (n_out,) in the flat parameter buffer, and the activation code.
-Gradients use the same offsets in a twin buffer. Workspaces are flat buffers that these functions
+The network is described by a ``layout`` table (see :mod:`fastbp.kernels.layout`). Workspaces are flat buffers that these functions
 slice per batch, so a training epoch allocates nothing.
 """
 import numpy as np
@@ -12,10 +9,11 @@ from numba import get_num_threads
 from .._config import jit
 from .dense import (dense_backward, dense_backward_serial, dense_forward, dense_forward_serial,
                     dense_grad, dense_grad_serial)
+from .fused import sgd_per_sample
+from .layout import (ACT, B_OFF, N_IN, N_OUT, W_OFF, layer_params, layer_rows, make_layout,
+                     workspace_size)
 from .losses import loss_sum, output_delta
 from .optim import sgd_update, sgd_update_serial
-
-N_IN, N_OUT, W_OFF, B_OFF, ACT = range(5)
 
 # Below this many multiply-adds a layer kernel runs on the calling thread: waking the thread
 # pool costs more than the work. Every driver below takes this threshold as its ``min_par``
@@ -28,35 +26,6 @@ SERIAL_ONLY = np.iinfo(np.int64).max
 def parallel_threshold():
     """``min_par`` for the drivers: ``PARALLEL_MIN_WORK``, or never when numba has 1 thread."""
     return PARALLEL_MIN_WORK if get_num_threads() > 1 else SERIAL_ONLY
-
-
-@jit()
-def layer_params(params, layout, l):
-    """Views ``(W_l (n_out, n_in), b_l (n_out,))`` into the flat buffer ``params``."""
-    n_in = layout[l, N_IN]
-    n_out = layout[l, N_OUT]
-    w = params[layout[l, W_OFF]:layout[l, W_OFF] + n_out * n_in].reshape((n_out, n_in))
-    b = params[layout[l, B_OFF]:layout[l, B_OFF] + n_out]
-    return w, b
-
-
-@jit()
-def workspace_size(layout):
-    """Elements per sample of the activation (and delta) workspace: ``sum_l n_out_l``."""
-    s = 0
-    for l in range(layout.shape[0]):
-        s += layout[l, N_OUT]
-    return s
-
-
-@jit()
-def layer_rows(buf, layout, l, B):
-    """View (B, n_out_l) of layer ``l``'s slot in an activation or delta workspace ``buf``."""
-    off = 0
-    for k in range(l):
-        off += B * layout[k, N_OUT]
-    n = layout[l, N_OUT]
-    return buf[off:off + B * n].reshape((B, n))
 
 
 @jit()
@@ -142,10 +111,15 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
 
     params, grads (P,); X (N, n_0), Y (N, n_L); order (N,) int64 sample order; lr of params'
     dtype; workspaces xbuf (>= batch_size * n_0), ybuf (>= batch_size * n_L),
-    acts and deltas (>= batch_size * sum_l n_out_l).
+    acts (>= max(batch_size, 2) * sum_l n_out_l), deltas (>= batch_size * sum_l n_out_l).
+    Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`).
     """
     N, n0 = X.shape
     m = Y.shape[1]
+    if batch_size == 1:
+        S = workspace_size(layout)
+        return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
+                              acts[:2 * S].reshape((2, S)), deltas[:S]) / N
     total = 0.0
     for start in range(0, N, batch_size):
         B = min(batch_size, N - start)
@@ -162,15 +136,3 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
         else:
             sgd_update_serial(params, grads, lr)
     return total / N
-
-
-def make_layout(sizes, act_codes):
-    """The layout table (L, 5) and the parameter count for layer ``sizes`` (n_0, ..., n_L)."""
-    L = len(sizes) - 1
-    layout = np.zeros((L, 5), dtype=np.int64)
-    off = 0
-    for l in range(L):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        layout[l] = (n_in, n_out, off, off + n_in * n_out, act_codes[l])
-        off += n_in * n_out + n_out
-    return layout, off

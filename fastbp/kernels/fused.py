@@ -1,0 +1,164 @@
+"""Per-sample SGD (batch size 1) for a whole network, fused: the seed algorithm's fast path.
+
+With one sample per step the work per layer is small and every step touches every weight, so
+the cost is memory traffic over the weights, not arithmetic. The straightforward order sweeps
+each ``W_l`` three times per sample (forward, delta propagation, update). Here the update of
+sample ``t`` is *deferred* into the forward pass of sample ``t + 1``: in one sweep over a row,
+
+    W_ij <- W_ij - lr * delta_i(t) * a_j(t)        (sample t's update)
+    z_i  <- z_i + W_ij * a_j(t + 1)                (sample t+1's forward, with the new W)
+
+so the first layer (the widest) is read and written once per sample, and the others once more
+for delta propagation. The arithmetic is exactly the per-sample algorithm of the spec: the
+forward pass of ``t + 1`` sees every update of ``t``, and delta propagation of ``t + 1`` uses
+``W_l`` before ``t + 1``'s own update (which is still pending). Pending updates are flushed at
+the end of the sample range.
+
+Workspaces (``S = sum_l n_out_l``, layer ``l``'s slot at ``sum_{k<l} n_out_k``):
+``acts (2, S)``: activations of two consecutive samples (ping-pong); ``deltas (S,)``: the last
+sample's deltas, which are also the pending updates.
+"""
+import numpy as np
+from numba import prange
+
+from .._config import jit
+from .activations import IDENTITY, SOFTMAX, activate, activation_grad, softmax_row
+from .losses import MSE, loss_sum
+from .layout import ACT, N_OUT, layer_params
+
+
+@jit()
+def forward_pending_update(out, a_in, weight, bias, dprev, aprev, lr, act):
+    """``W -= lr dprev aprev^T``, ``b -= lr dprev`` (the previous sample's step), then
+    ``out = f(W a_in + b)``, in one sweep over ``W``.
+
+    out (n_out,), a_in (n_in,), weight (n_out, n_in), bias (n_out,), dprev (n_out,) the pending
+    delta, aprev (n_in,) the pending input, lr of the arrays' dtype, act: activation code.
+    """
+    n_out, n_in = weight.shape
+    for i in range(n_out):
+        c = lr * dprev[i]
+        w = weight[i]
+        s = type(lr)(0.0)
+        for j in range(n_in):
+            v = w[j] - c * aprev[j]
+            w[j] = v
+            s += v * a_in[j]
+        bias[i] -= c
+        z = s + bias[i]
+        out[i] = z if act == SOFTMAX else activate(z, act)
+    if act == SOFTMAX:
+        softmax_row(out)
+
+
+@jit()
+def apply_pending_update(weight, bias, dprev, aprev, lr):
+    """Flush: ``W -= lr dprev aprev^T``, ``b -= lr dprev``."""
+    n_out, n_in = weight.shape
+    for i in range(n_out):
+        c = lr * dprev[i]
+        w = weight[i]
+        for j in range(n_in):
+            w[j] -= c * aprev[j]
+        bias[i] -= c
+
+
+@jit()
+def propagate_delta(dinp, dout, weight, a_in, act):
+    """``dinp = (W^T dout) * f'(a_in)`` for one sample: dinp (n_in,), dout (n_out,),
+    weight (n_out, n_in), a_in (n_in,)."""
+    n_out, n_in = weight.shape
+    for j in range(n_in):
+        dinp[j] = 0
+    for i in range(n_out):
+        d = dout[i]
+        w = weight[i]
+        for j in range(n_in):
+            dinp[j] += d * w[j]
+    if act != IDENTITY:
+        for j in range(n_in):
+            dinp[j] *= activation_grad(a_in[j], act)
+
+
+@jit()
+def slot(buf, layout, l):
+    """Layer ``l``'s slot (n_out_l,) in a per-sample buffer (S,)."""
+    off = 0
+    for k in range(l):
+        off += layout[k, N_OUT]
+    return buf[off:off + layout[l, N_OUT]]
+
+
+@jit()
+def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, deltas):
+    """Per-sample SGD over ``X[order[start:stop]]``; returns the sum of the per-sample losses,
+    each measured before its own update.
+
+    params (P,) flat parameters (updated in place), X (N, n_0), Y (N, n_L), order (N,) int64,
+    lr of params' dtype, layout (L, 5), loss code, acts (2, S) and deltas (S,) workspaces.
+    """
+    L = layout.shape[0]
+    m = Y.shape[1]
+    total = 0.0
+    deltas[:] = 0
+    acts[:] = 0
+    prev_x = X[order[start]]
+    for t in range(start, stop):
+        x = X[order[t]]
+        y = Y[order[t]]
+        cur = acts[(t - start) % 2]
+        old = acts[(t - start + 1) % 2]
+        # forward, applying the previous sample's update on the way
+        a_in = x
+        a_prev_in = prev_x
+        for l in range(L):
+            w, b = layer_params(params, layout, l)
+            out = slot(cur, layout, l)
+            forward_pending_update(out, a_in, w, b, slot(deltas, layout, l), a_prev_in, lr,
+                                   layout[l, ACT])
+            a_in = out
+            a_prev_in = slot(old, layout, l)
+        # loss, output delta, delta propagation (the updates stay pending)
+        out = slot(cur, layout, L - 1)
+        total += loss_sum(out.reshape((1, m)), y.reshape((1, m)), loss)
+        d = slot(deltas, layout, L - 1)
+        act = layout[L - 1, ACT]
+        for k in range(m):
+            r = out[k] - y[k]
+            if loss == MSE:
+                r *= activation_grad(out[k], act)
+            d[k] = r
+        for l in range(L - 1, 0, -1):
+            w, _ = layer_params(params, layout, l)
+            d_prev = slot(deltas, layout, l - 1)
+            propagate_delta(d_prev, d, w, slot(cur, layout, l - 1), layout[l - 1, ACT])
+            d = d_prev
+        prev_x = x
+    # flush the last sample's updates
+    last = acts[(stop - 1 - start) % 2]
+    a_in = X[order[stop - 1]]
+    for l in range(L):
+        w, b = layer_params(params, layout, l)
+        apply_pending_update(w, b, slot(deltas, layout, l), a_in, lr)
+        a_in = slot(last, layout, l)
+    return total
+
+
+@jit(parallel=True)
+def sgd_hogwild(params, X, Y, order, lr, layout, loss, acts, deltas):
+    """Lock-free parallel per-sample SGD ("Hogwild!", Niu et al. 2011): thread ``k`` of ``T``
+    runs ``sgd_per_sample`` on the k-th contiguous shard of ``order``, all on the same shared
+    ``params``, without locks. Updates of different threads may overwrite each other; results
+    depend on timing and are not reproducible. acts (T, 2, S), deltas (T, S); returns the sum of
+    the per-sample losses.
+    """
+    T = acts.shape[0]
+    N = order.shape[0]
+    totals = np.zeros(T)
+    for k in prange(T):
+        start = (N * k) // T
+        stop = (N * (k + 1)) // T
+        if stop > start:
+            totals[k] = sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss,
+                                       acts[k], deltas[k])
+    return totals.sum()
