@@ -6,7 +6,7 @@ Each kernel exists twice (``_config.jit_pair``): ``name`` is threaded with ``pra
 
 Threads never write the same element: the forward pass gives each thread whole 4-row blocks of
 output units, delta propagation whole (sample, column-chunk) tiles of ``dinp``, and the gradient
-whole 4-row blocks of ``dW``. There are no atomics and no reductions across threads, so a result
+whole (4-row, column-chunk) tiles of ``dW``. There are no atomics and no reductions across threads, so a result
 does not depend on the number of threads.
 """
 from numba import prange
@@ -149,37 +149,62 @@ def dense_backward(dinp, dout, weight, inp, act):
                 acc[j] *= activation_grad(a[j], act)
 
 
-def dense_grad(dweight, dbias, dout, inp, scale):
-    """Gradients summed over the batch: ``dW = scale * dout^T inp``, ``db = scale * sum_b dout``.
+def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
+    """Batch-summed outer products: ``dW (+)= scale * dout^T inp``, ``db (+)= scale * sum_b dout``.
 
-    ``(dW)_ij = scale * sum_b (dout)_bi (inp)_bj`` (B-summed outer products), with
-    ``scale = 1/B`` for the mean loss. dweight (n_out, n_in), dbias (n_out,),
-    dout (B, n_out) = delta_l, inp (B, n_in) = a_{l-1}, scale: a scalar of the arrays' dtype.
+    ``(dW)_ij = scale * sum_b (dout)_bi (inp)_bj``. With ``accumulate`` the product is added to
+    what ``dweight``/``dbias`` hold, otherwise it replaces it. ``scale = 1/B`` gives the
+    gradient of the mean loss; ``dense_grad(W, b, dout, inp, -lr/B, True)`` is the plain SGD
+    step fused with the gradient (no gradient buffer).
+    dweight (n_out, n_in), dbias (n_out,), dout (B, n_out) = delta_l, inp (B, n_in) = a_{l-1},
+    scale: a scalar of the arrays' dtype.
     """
     B, n_in = inp.shape
     n_out = dweight.shape[0]
     n_blk = (n_out + 3) // 4
     n_chunks = (n_in + CHUNK - 1) // CHUNK
     for t in prange(n_blk * n_chunks):
+        # this thread owns rows i0..i1-1, columns j0..j1-1 of dW
         i0 = 4 * (t // n_chunks)
         i1 = min(i0 + 4, n_out)
         j0 = (t % n_chunks) * CHUNK
         j1 = min(j0 + CHUNK, n_in)
-        for i in range(i0, i1):
-            g = dweight[i, j0:j1]
-            g[:] = 0
-            for b in range(B):
-                d = dout[b, i]
-                x = inp[b, j0:j1]
-                for j in range(j1 - j0):
-                    g[j] += d * x[j]
-            for j in range(j1 - j0):
-                g[j] *= scale
-            if j0 == 0:
+        n = j1 - j0
+        if not accumulate:
+            for i in range(i0, i1):
+                dweight[i, j0:j1] = 0
+        b = 0
+        while b + 4 <= B:
+            x0 = inp[b, j0:j1]
+            x1 = inp[b + 1, j0:j1]
+            x2 = inp[b + 2, j0:j1]
+            x3 = inp[b + 3, j0:j1]
+            for i in range(i0, i1):
+                c0 = scale * dout[b, i]
+                c1 = scale * dout[b + 1, i]
+                c2 = scale * dout[b + 2, i]
+                c3 = scale * dout[b + 3, i]
+                g = dweight[i, j0:j1]
+                for j in range(n):
+                    g[j] += c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
+            b += 4
+        while b < B:
+            x0 = inp[b, j0:j1]
+            for i in range(i0, i1):
+                c0 = scale * dout[b, i]
+                g = dweight[i, j0:j1]
+                for j in range(n):
+                    g[j] += c0 * x0[j]
+            b += 1
+        if j0 == 0:
+            for i in range(i0, i1):
                 s = dbias.dtype.type(0.0)
                 for b in range(B):
                     s += dout[b, i]
-                dbias[i] = s * scale
+                if accumulate:
+                    dbias[i] += scale * s
+                else:
+                    dbias[i] = scale * s
 
 
 dense_forward_serial, dense_forward = jit_pair(dense_forward)

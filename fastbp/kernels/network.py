@@ -13,7 +13,6 @@ from .fused import sgd_per_sample
 from .layout import (ACT, B_OFF, N_IN, N_OUT, W_OFF, layer_params, layer_rows, make_layout,
                      workspace_size)
 from .losses import loss_sum, output_delta
-from .optim import sgd_update, sgd_update_serial
 
 # Below this many multiply-adds a layer kernel runs on the calling thread: waking the thread
 # pool costs more than the work. Every driver below takes this threshold as its ``min_par``
@@ -93,6 +92,36 @@ def backward_batch(grads, deltas, acts, x, y, params, layout, loss, min_par):
 
 
 @jit()
+def backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par):
+    """Backward pass of a batch after ``forward_batch``, with the plain SGD step fused into the
+    gradient kernel: ``W_l -= (lr / B) delta_l^T a_{l-1}`` layer by layer, each ``delta_{l-1}``
+    computed before ``W_l`` changes. No gradient buffer is written.
+    """
+    B = x.shape[0]
+    L = layout.shape[0]
+    step = -lr / params.dtype.type(B)
+    d = layer_rows(deltas, layout, L - 1, B)
+    output_delta(d, layer_rows(acts, layout, L - 1, B), y, loss, layout[L - 1, ACT])
+    for l in range(L - 1, -1, -1):
+        w, b = layer_params(params, layout, l)
+        threads = B * w.shape[0] * w.shape[1] >= min_par
+        if l > 0:
+            a_prev = layer_rows(acts, layout, l - 1, B)
+            d_prev = layer_rows(deltas, layout, l - 1, B)
+            if threads:
+                dense_backward(d_prev, d, w, a_prev, layout[l - 1, ACT])
+                dense_grad(w, b, d, a_prev, step, True)
+            else:
+                dense_backward_serial(d_prev, d, w, a_prev, layout[l - 1, ACT])
+                dense_grad_serial(w, b, d, a_prev, step, True)
+            d = d_prev
+        elif threads:
+            dense_grad(w, b, d, x, step, True)
+        else:
+            dense_grad_serial(w, b, d, x, step, True)
+
+
+@jit()
 def predict_into(out, X, params, layout, acts, chunk, min_par):
     """out (N, n_L) <- network output for X (N, n_0), ``chunk`` rows at a time through ``acts``
     (>= chunk * sum_l n_out_l)."""
@@ -106,7 +135,8 @@ def predict_into(out, X, params, layout, acts, chunk, min_par):
 @jit()
 def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
                 deltas, min_par):
-    """One epoch of mini-batch gradient descent; returns the mean training loss (each batch's
+    """One epoch of plain mini-batch SGD (``grads`` is not used: the step is fused into the
+    gradient kernels); returns the mean training loss (each batch's
     loss measured before its update, as scikit-learn's ``loss_curve_``).
 
     params, grads (P,); X (N, n_0), Y (N, n_L); order (N,) int64 sample order; lr of params'
@@ -130,9 +160,5 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
             y[r] = Y[order[start + r]]
         out = forward_batch(acts, x, params, layout, min_par)
         total += loss_sum(out, y, loss)
-        backward_batch(grads, deltas, acts, x, y, params, layout, loss, min_par)
-        if params.shape[0] >= min_par:
-            sgd_update(params, grads, lr)
-        else:
-            sgd_update_serial(params, grads, lr)
+        backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par)
     return total / N
