@@ -7,8 +7,9 @@ Numba kernels.
 >>> net.fit(X_train, y_train, epochs=20, batch_size=16, lr=0.1)  # doctest: +SKIP
 """
 from . import datasets, kernels
+from ._warmup import warmup
 from .model import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "datasets", "kernels", "__version__"]
+__all__ = ["MLP", "datasets", "kernels", "warmup", "__version__"]
