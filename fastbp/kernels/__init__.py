@@ -9,7 +9,8 @@ Layer kernels (outputs first, then inputs, then parameters):
 
 * ``dense_forward(out, inp, weight, bias, act)``: ``out = f(inp W^T + b)``
 * ``dense_backward(dinp, dout, weight, inp, act)``: ``dinp = (dout W) * f'(inp)``
-* ``dense_grad(dweight, dbias, dout, inp, scale)``: ``dW = scale dout^T inp``, ``db = scale sum_b dout``
+* ``dense_grad(dweight, dbias, dout, inp, scale, accumulate=False)``: ``dW (+)= scale dout^T inp``,
+  ``db (+)= scale sum_b dout`` (with ``-lr/B`` and ``accumulate``: the fused SGD step)
 * ``output_delta(delta, out, target, loss, act)`` and ``loss_sum(out, target, loss)``
 * ``sgd_update(params, grads, lr)``: ``params -= lr * grads``
 
