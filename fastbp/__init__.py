@@ -7,9 +7,12 @@ Numba kernels.
 >>> net.fit(X_train, y_train, epochs=20, batch_size=16, lr=0.1)  # doctest: +SKIP
 """
 from . import datasets, kernels
+from ._info import show_config
+from ._threads import get_num_threads, set_num_threads, threads
 from ._warmup import warmup
 from .model import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "datasets", "kernels", "warmup", "__version__"]
+__all__ = ["MLP", "datasets", "kernels", "warmup", "show_config", "set_num_threads",
+           "get_num_threads", "threads", "__version__"]
