@@ -54,11 +54,14 @@ def dense_grad(dout, A_prev, scale):
     return scale * dout.T @ A_prev, scale * dout.sum(axis=0)
 
 
-def loss_per_sample(A, Y, loss):
+def loss_per_sample(A, Y, loss, eps=None):
+    """Per-sample losses (B,). Probabilities are clipped to [eps, 1 - eps] before the logarithms;
+    ``eps`` defaults to float64's machine epsilon (fastbp clips at the eps of the data's dtype)."""
     A, Y = (np.asarray(v, dtype=np.float64) for v in (A, Y))
     if loss == "mse":
         return 0.5 * ((A - Y) ** 2).sum(axis=1)
-    eps = np.finfo(np.float64).eps
+    if eps is None:
+        eps = np.finfo(np.float64).eps
     Ac = np.clip(A, eps, 1 - eps)
     if loss == "bce":
         return -(Y * np.log(Ac) + (1 - Y) * np.log(1 - Ac)).sum(axis=1)
@@ -73,6 +76,12 @@ def output_delta(A, Y, loss, act):
     if loss == "mse":
         return (A - Y) * activation_grad(A, act)
     return A - Y
+
+
+def sgd_update(params, grads, lr):
+    """params - lr * grads (a new float64 array)."""
+    params, grads = (np.asarray(v, dtype=np.float64) for v in (params, grads))
+    return params - lr * grads
 
 
 def network_forward(Ws, bs, acts, X):

@@ -1,0 +1,352 @@
+"""Each kernel of ``fastbp.kernels`` (threaded and ``_serial``) against its naive NumPy twin in
+``tests/naive.py``, on odd sizes, for every activation code and both dtypes.
+
+Tolerances come from the standard floating-point error bound of a sum of ``n`` products in any
+order (fast-math lets the compiler reassociate and fuse): ``|err| <= n * eps * sum_k |x_k w_k|``,
+with a factor of 2 of slack, plus a few ``eps`` relative for the activation. Any indexing error
+(a wrong row, a skipped block or chunk, a missing bias) is orders of magnitude above that.
+Outputs are pre-filled with NaN, so an element a kernel forgets to write fails the comparison.
+"""
+import itertools
+
+import numba
+import numpy as np
+import pytest
+
+import naive
+from fastbp import _config
+from fastbp import kernels as K
+
+ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")
+ALL_ACTS = ELEMENTWISE + ("softmax",)
+
+# Batch sizes and widths: remainders of the 4-row unit blocks and the 2-sample tile
+# (1, 3, 17, 129), whole blocks (4), and 600 inputs so the 256-column chunks are crossed
+# (256, 257 sit on the chunk edge).
+BATCHES = (1, 3, 17)
+N_INS = (1, 3, 17, 129, 256, 257, 600)
+N_OUTS = (1, 3, 4, 17, 129)
+SHAPES = list(itertools.product(BATCHES, N_INS, N_OUTS)) + [
+    (2, 600, 17), (4, 5, 8), (129, 17, 129), (129, 600, 5), (33, 129, 3)]
+
+FORWARD = {"threaded": K.dense_forward, "serial": K.dense_forward_serial}
+BACKWARD = {"threaded": K.dense_backward, "serial": K.dense_backward_serial}
+GRAD = {"threaded": K.dense_grad, "serial": K.dense_grad_serial}
+SGD = {"threaded": K.sgd_update, "serial": K.sgd_update_serial}
+
+DTYPE_IDS = ["float32", "float64"]
+DTYPES = [np.float32, np.float64]
+
+
+def eps(dtype):
+    return float(np.finfo(dtype).eps)
+
+
+def nan_filled(shape, dtype):
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+def assert_within(got, ref, tol, what):
+    got64 = np.asarray(got, dtype=np.float64)
+    assert np.all(np.isfinite(got64)), f"{what}: non-finite values (an element not written?)"
+    err = np.abs(got64 - ref)
+    bad = err > tol
+    if bad.any():
+        k = np.unravel_index(np.argmax(err - tol), err.shape)
+        raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements off; worst at {k}: "
+                             f"got {got64[k]!r}, expected {ref[k]!r}, tolerance {tol[k]!r}")
+
+
+def activation_outputs(rng, shape, act, dtype):
+    """Plausible stored activations ``a = f(z)`` for the derivative: in f's range."""
+    if act == "sigmoid":
+        a = rng.uniform(0.01, 0.99, shape)
+    elif act == "tanh":
+        a = rng.uniform(-0.99, 0.99, shape)
+    elif act == "relu":
+        a = np.maximum(rng.uniform(-1, 1, shape), 0.0)  # about half exact zeros
+    elif act == "softmax":
+        a = naive.activate(rng.normal(size=shape), "softmax")
+    else:
+        a = rng.uniform(-2, 2, shape)
+    return a.astype(dtype)
+
+
+# ---- dense_forward ---------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", list(FORWARD))
+@pytest.mark.parametrize("act", ALL_ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_dense_forward_matches_naive(variant, act, dtype, rng):
+    kernel = FORWARD[variant]
+    e = eps(dtype)
+    for B, n_in, n_out in SHAPES:
+        X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        W = (rng.uniform(-1, 1, (n_out, n_in)) * (2 / np.sqrt(n_in))).astype(dtype)
+        b = rng.uniform(-0.5, 0.5, n_out).astype(dtype)
+        out = nan_filled((B, n_out), dtype)
+        kernel(out, X, W, b, K.ACTIVATIONS[act])
+        assert out.dtype == dtype
+        ref = naive.dense_forward(X, W, b, act)
+        X64, W64, b64 = (v.astype(np.float64) for v in (X, W, b))
+        scale = np.abs(X64) @ np.abs(W64).T + np.abs(b64)
+        bound_z = 2 * (n_in + 2) * e * scale  # error of z = X W^T + b
+        if act == "softmax":
+            # d a_k = a_k (dz_k - sum_j a_j dz_j): at most 2 a_k max_j |dz_j|, plus exp rounding
+            tol = 2 * bound_z.max(axis=1, keepdims=True) * ref + 8 * e * ref
+        else:
+            tol = bound_z + 4 * e * np.abs(ref)  # every f here is 1-Lipschitz
+        assert_within(out, ref, tol, f"{variant} dense_forward {act} {np.dtype(dtype).name} "
+                                     f"B={B} n_in={n_in} n_out={n_out}")
+        if act == "softmax":
+            np.testing.assert_allclose(out.astype(np.float64).sum(axis=1), 1.0,
+                                       rtol=0, atol=8 * n_out * e)
+
+
+def test_dense_forward_zero_weights_give_activation_of_bias(rng):
+    """z = b exactly when W = 0: the output is f(b) for every sample, whatever the input."""
+    for dtype in DTYPES:
+        X = rng.normal(size=(5, 300)).astype(dtype)
+        W = np.zeros((7, 300), dtype=dtype)
+        b = rng.normal(size=7).astype(dtype)
+        for act in ELEMENTWISE:
+            for kernel in FORWARD.values():
+                out = nan_filled((5, 7), dtype)
+                kernel(out, X, W, b, K.ACTIVATIONS[act])
+                ref = naive.activate(b, act)
+                np.testing.assert_allclose(out, np.broadcast_to(ref, (5, 7)), rtol=4 * eps(dtype),
+                                           atol=0)
+
+
+# ---- dense_backward --------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", list(BACKWARD))
+@pytest.mark.parametrize("act", ELEMENTWISE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_dense_backward_matches_naive(variant, act, dtype, rng):
+    """dinp = (dout W) * f'(a_prev). ``act`` is the previous layer's activation; softmax is only
+    ever an output activation, so it never reaches this kernel."""
+    kernel = BACKWARD[variant]
+    e = eps(dtype)
+    for B, n_in, n_out in SHAPES:
+        dout = rng.normal(size=(B, n_out)).astype(dtype)
+        W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        A_prev = activation_outputs(rng, (B, n_in), act, dtype)
+        dinp = nan_filled((B, n_in), dtype)
+        kernel(dinp, dout, W, A_prev, K.ACTIVATIONS[act])
+        assert dinp.dtype == dtype
+        ref = naive.dense_backward(dout, W, A_prev, act)
+        fprime = np.abs(naive.activation_grad(A_prev, act))
+        # f'(a) itself carries rounding: 1 - a^2 cancels near |a| = 1 (the oracle computes it in
+        # float64 with two roundings, the kernel may fuse it into one FMA)
+        a64 = A_prev.astype(np.float64)
+        fprime_err = 4 * e * (fprime + a64 * a64) if act in ("sigmoid", "tanh") else 0.0
+        dw = np.abs(dout.astype(np.float64)) @ np.abs(W.astype(np.float64))
+        tol = 2 * (n_out + 2) * e * dw * fprime + dw * fprime_err + 4 * e * np.abs(ref)
+        assert_within(dinp, ref, tol, f"{variant} dense_backward {act} "
+                                      f"{np.dtype(dtype).name} B={B} n_in={n_in} n_out={n_out}")
+        if act == "relu":  # where the unit was off, the delta is exactly zero
+            assert np.all(dinp[A_prev == 0] == 0)
+
+
+# ---- dense_grad ------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", list(GRAD))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("scale_kind", ["1/B", "0.3"])
+def test_dense_grad_matches_naive(variant, dtype, scale_kind, rng):
+    kernel = GRAD[variant]
+    e = eps(dtype)
+    for B, n_in, n_out in SHAPES:
+        dout = rng.normal(size=(B, n_out)).astype(dtype)
+        A_prev = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        scale = dtype(1.0 / B) if scale_kind == "1/B" else dtype(0.3)
+        dW = nan_filled((n_out, n_in), dtype)
+        db = nan_filled(n_out, dtype)
+        kernel(dW, db, dout, A_prev, scale)
+        assert dW.dtype == dtype and db.dtype == dtype
+        ref_W, ref_b = naive.dense_grad(dout, A_prev, float(scale))
+        d64 = np.abs(dout.astype(np.float64))
+        tol_W = 2 * (B + 2) * e * float(scale) * (d64.T @ np.abs(A_prev.astype(np.float64)))
+        tol_b = 2 * (B + 2) * e * float(scale) * d64.sum(axis=0)
+        what = f"{variant} dense_grad {np.dtype(dtype).name} B={B} n_in={n_in} n_out={n_out}"
+        assert_within(dW, ref_W, tol_W, what + " dW")
+        assert_within(db, ref_b, tol_b, what + " db")
+
+
+# ---- output_delta and loss_sum ---------------------------------------------------------------
+OUTPUT_CASES = [("mse", a) for a in ELEMENTWISE] + [("bce", "sigmoid"),
+                                                      ("cross_entropy", "softmax")]
+
+
+def targets(rng, shape, loss, dtype):
+    B, m = shape
+    if loss == "mse":
+        return rng.uniform(-1, 1, shape).astype(dtype)
+    if loss == "bce":
+        return rng.uniform(0, 1, shape).astype(dtype)
+    Y = np.zeros(shape, dtype=dtype)
+    Y[np.arange(B), rng.integers(0, m, B)] = 1
+    return Y
+
+
+@pytest.mark.parametrize("loss,act", OUTPUT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_output_delta_matches_naive(loss, act, dtype, rng):
+    e = eps(dtype)
+    for B, m in itertools.product(BATCHES + (129,), (1, 3, 17, 129)):
+        A = activation_outputs(rng, (B, m), act, dtype)
+        Y = targets(rng, (B, m), loss, dtype)
+        delta = nan_filled((B, m), dtype)
+        K.output_delta(delta, A, Y, K.LOSSES[loss], K.ACTIVATIONS[act])
+        assert delta.dtype == dtype
+        ref = naive.output_delta(A, Y, loss, act)
+        tol = 4 * e * (np.abs(A.astype(np.float64)) + np.abs(Y.astype(np.float64)))
+        assert_within(delta, ref, tol, f"output_delta {loss}/{act} {np.dtype(dtype).name} "
+                                       f"B={B} m={m}")
+
+
+@pytest.mark.parametrize("loss,act", OUTPUT_CASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_loss_sum_matches_naive(loss, act, dtype, rng):
+    """The batch's summed loss, accumulated in float64 whatever the data's dtype."""
+    for B, m in itertools.product(BATCHES + (129,), (1, 3, 17, 129)):
+        A = activation_outputs(rng, (B, m), act, dtype)
+        if loss != "mse":
+            A = np.clip(A, dtype(0.01), dtype(0.99))  # away from the clipping
+        Y = targets(rng, (B, m), loss, dtype)
+        got = K.loss_sum(A, Y, K.LOSSES[loss])
+        assert isinstance(got, float)
+        ref = naive.loss_per_sample(A, Y, loss).sum()
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-300,
+                                   err_msg=f"loss_sum {loss} B={B} m={m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_loss_sum_clips_probabilities_at_the_dtype_eps(dtype):
+    """Outputs of exactly 0 and 1 give a finite loss: probabilities clipped to [eps, 1 - eps]."""
+    A = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.25]], dtype=dtype)
+    Y = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=dtype)
+    e = eps(dtype)
+    for loss in ("bce", "cross_entropy"):
+        got = K.loss_sum(A, Y, K.LOSSES[loss])
+        ref = naive.loss_per_sample(A, Y, loss, eps=e).sum()
+        assert np.isfinite(got)
+        np.testing.assert_allclose(got, ref, rtol=1e-12)
+    # the clip matters: -log(eps) dominates the BCE loss
+    assert K.loss_sum(A, Y, K.BCE) > -np.log(e)
+
+
+# ---- sgd_update ------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", list(SGD))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sgd_update_matches_naive(variant, dtype, rng):
+    kernel = SGD[variant]
+    e = eps(dtype)
+    for P in (1, 3, 17, 129, 600, 40_001):
+        params = rng.normal(size=P).astype(dtype)
+        grads = rng.normal(size=P).astype(dtype)
+        lr = dtype(0.37)
+        before, grads_before = params.copy(), grads.copy()
+        assert kernel(params, grads, lr) is None  # in place
+        assert params.dtype == dtype
+        ref = naive.sgd_update(before, grads, float(lr))
+        tol = 2 * e * (np.abs(before.astype(np.float64)) + float(lr) * np.abs(grads))
+        assert_within(params, ref, tol, f"{variant} sgd_update P={P}")
+        np.testing.assert_array_equal(grads, grads_before)  # grads only read
+        # a zero step changes nothing, bitwise
+        again = params.copy()
+        kernel(again, grads, dtype(0.0))
+        np.testing.assert_array_equal(again, params)
+
+
+# ---- threaded and serial twins agree bitwise ------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_threaded_and_serial_twins_agree_bitwise(dtype, rng):
+    """Threads own whole output blocks, so the split cannot change any rounding."""
+    for B, n_in, n_out in [(1, 600, 129), (17, 257, 17), (33, 129, 3)]:
+        X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        W = rng.uniform(-0.1, 0.1, (n_out, n_in)).astype(dtype)
+        b = rng.uniform(-0.5, 0.5, n_out).astype(dtype)
+        dout = rng.normal(size=(B, n_out)).astype(dtype)
+        for act in ALL_ACTS:
+            o1, o2 = nan_filled((B, n_out), dtype), nan_filled((B, n_out), dtype)
+            K.dense_forward(o1, X, W, b, K.ACTIVATIONS[act])
+            K.dense_forward_serial(o2, X, W, b, K.ACTIVATIONS[act])
+            np.testing.assert_array_equal(o1, o2)
+        for act in ELEMENTWISE:
+            A = activation_outputs(rng, (B, n_in), act, dtype)
+            d1, d2 = nan_filled((B, n_in), dtype), nan_filled((B, n_in), dtype)
+            K.dense_backward(d1, dout, W, A, K.ACTIVATIONS[act])
+            K.dense_backward_serial(d2, dout, W, A, K.ACTIVATIONS[act])
+            np.testing.assert_array_equal(d1, d2)
+        g1, g2 = nan_filled((n_out, n_in), dtype), nan_filled((n_out, n_in), dtype)
+        c1, c2 = nan_filled(n_out, dtype), nan_filled(n_out, dtype)
+        K.dense_grad(g1, c1, dout, X, dtype(1.0 / B))
+        K.dense_grad_serial(g2, c2, dout, X, dtype(1.0 / B))
+        np.testing.assert_array_equal(g1, g2)
+        np.testing.assert_array_equal(c1, c2)
+
+
+# ---- scalar activation helpers --------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_scalar_activation_helpers(dtype, rng):
+    z = rng.normal(scale=3, size=50).astype(dtype)
+    e = eps(dtype)
+    for act in ELEMENTWISE:
+        got = np.array([K.activate(dtype(v), K.ACTIVATIONS[act]) for v in z])
+        np.testing.assert_allclose(got, naive.activate(z, act), rtol=4 * e, atol=4 * e * 1e-3)
+        a = naive.activate(z, act).astype(dtype)
+        got = np.array([K.activation_grad(dtype(v), K.ACTIVATIONS[act]) for v in a])
+        np.testing.assert_allclose(got, naive.activation_grad(a, act), rtol=4 * e, atol=4 * e)
+    row = z[:17].copy()
+    K.softmax_row(row)
+    np.testing.assert_allclose(row, naive.activate(z[:17], "softmax"), rtol=8 * e, atol=0)
+    # large inputs do not overflow: the row maximum is subtracted first
+    big = np.array([1000.0, 999.0, -1000.0], dtype=dtype)
+    K.softmax_row(big)
+    assert np.all(np.isfinite(big))
+    np.testing.assert_allclose(big, naive.activate([1000.0, 999.0, -1000.0], "softmax"),
+                               rtol=8 * e)
+
+
+# ---- float32 is never promoted inside a kernel -----------------------------------------------
+def float64_locals(pyfunc, *args):
+    """Names of the float64-typed values in ``pyfunc`` compiled (uncached, serially, with
+    fastbp's options) for ``args``; literal constants are left out (``type(x)(1.0)`` reads one
+    and converts it, which is the intended pattern)."""
+    disp = numba.njit(fastmath=set(_config.FASTMATH), cache=False, error_model="numpy")(pyfunc)
+    disp(*args)
+    typemap = disp.overloads[disp.signatures[0]].type_annotation.typemap
+    return sorted(name for name, t in typemap.items()
+                  if "float64" in str(t) and not name.startswith("$const"))
+
+
+def test_float32_kernels_compute_in_float32(rng):
+    f = np.float32
+    B, n_in, n_out = 3, 5, 6
+    X = rng.uniform(-1, 1, (B, n_in)).astype(f)
+    W = rng.uniform(-1, 1, (n_out, n_in)).astype(f)
+    b = rng.uniform(-1, 1, n_out).astype(f)
+    out = np.empty((B, n_out), f)
+    dout = rng.normal(size=(B, n_out)).astype(f)
+    dinp = np.empty((B, n_in), f)
+    dW, db = np.empty((n_out, n_in), f), np.empty(n_out, f)
+    Y = rng.uniform(0, 1, (B, n_out)).astype(f)
+    params, grads = rng.normal(size=20).astype(f), rng.normal(size=20).astype(f)
+    cases = {
+        "activate": (K.activate, f(0.3), K.SIGMOID),
+        "activation_grad": (K.activation_grad, f(0.3), K.SIGMOID),
+        "softmax_row": (K.softmax_row, out[0].copy()),
+        "dense_forward": (K.dense_forward, out, X, W, b, K.SIGMOID),
+        "dense_backward": (K.dense_backward, dinp, dout, W, X, K.TANH),
+        "dense_grad": (K.dense_grad, dW, db, dout, X, f(1 / 3)),
+        "output_delta": (K.output_delta, out.copy(), out, Y, K.MSE, K.SIGMOID),
+        "sgd_update": (K.sgd_update, params, grads, f(0.1)),
+    }
+    promoted = {}
+    for name, (kernel, *args) in cases.items():
+        found = float64_locals(kernel.py_func, *args)
+        if found:
+            promoted[name] = found
+    assert not promoted, f"float64 values inside float32 kernels: {promoted}"
+    sigs = {str(s.return_type) for s in K.activate.nopython_signatures
+            if str(s.args[0]) == "float32"}
+    assert sigs == {"float32"}
