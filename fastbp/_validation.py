@@ -7,6 +7,17 @@ import numbers
 
 import numpy as np
 
+from ._config import jit
+
+
+@jit()
+def _first_nonfinite(flat):
+    """Index of the first NaN or infinity in a 1-D array, or -1 (no temporary array)."""
+    for k in range(flat.shape[0]):
+        if not np.isfinite(flat[k]):
+            return k
+    return -1
+
 FLOAT_DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -83,9 +94,10 @@ def as_float_array(name, X, dtype, ndims):
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape}); at least one sample is needed")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or infinity (first at index {tuple(bad)})")
+    k = _first_nonfinite(arr.reshape(-1))
+    if k >= 0:
+        raise ValueError(f"{name} contains NaN or infinity (first at index "
+                         f"{tuple(int(i) for i in np.unravel_index(k, arr.shape))})")
     return arr
 
 
