@@ -4,10 +4,18 @@ The Python layer validates, converts and allocates; the kernels in :mod:`fastbp.
 arithmetic. All parameters live in one flat array ``params``; ``weights[l]`` (n_out, n_in) and
 ``biases[l]`` (n_out,) are views into it, and gradients use a twin buffer of the same layout.
 """
+import copy
+import math
+import time
+
 import numpy as np
 
 from . import _validation as V
+from . import optim as _optim
+from .callbacks import EarlyStopping, History, Progress, make_callbacks
 from .kernels import network as knet
+from .kernels import optim as kopt
+from .kernels import train as ktrain
 from .kernels.activations import ACTIVATIONS, IDENTITY, RELU, SIGMOID, SOFTMAX, TANH
 from .kernels.losses import BCE, CROSS_ENTROPY, LOSSES, MSE, loss_sum
 
@@ -15,7 +23,10 @@ from .kernels.losses import BCE, CROSS_ENTROPY, LOSSES, MSE, loss_sum
 PREDICT_CHUNK = 1024
 
 HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = tuple(_optim.OPTIMIZERS)
+
+# A progress bar is redrawn about this many times per epoch (the epoch runs in that many pieces).
+PROGRESS_UPDATES = 20
 
 
 class _ParamList(list):
@@ -98,6 +109,7 @@ class MLP:
         self._params = np.zeros(n_params, dtype=self.dtype)
         self._make_views()
         self._initialize()
+        self._reset_training_state()
 
     # ---- parameters ------------------------------------------------------------------------
     def _make_views(self):
@@ -250,38 +262,409 @@ class MLP:
         pairs = [self._layer_slice(grads, l) for l in range(self.n_layers)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    # ---- training --------------------------------------------------------------------------
-    def fit(self, X, Y, epochs=1, batch_size=1, lr=0.1, optimizer="sgd", shuffle=True):
-        """Train by mini-batch gradient descent; returns ``self``.
+    # ---- classification and regression scores --------------------------------------------
+    def predict_proba(self, X):
+        """Class probabilities, for the classification losses: the softmax outputs (B, m) for
+        ``cross_entropy``; for ``bce`` with one output ``[1 - p, p]`` (B, 2) (as scikit-learn),
+        with several outputs the per-output probabilities (B, m)."""
+        if not self.is_classifier:
+            raise ValueError("predict_proba needs a classification loss ('bce' or "
+                             f"'cross_entropy'); this network has loss={self.loss_name!r}")
+        out = self.forward(X)
+        if self._loss_code == BCE and out.shape[-1] == 1:
+            p = out[..., 0]
+            return np.stack([1 - p, p], axis=-1)
+        return out
 
-        X (N, n); Y (N, m) targets or (N,) integer labels; ``batch_size`` samples per step
-        (1: per-sample SGD, the seed algorithm); ``lr`` the learning rate; samples are visited
-        in a new random order each epoch when ``shuffle`` (drawn from the model's seeded
-        generator), in order otherwise. The workspace is allocated once per call.
+    def score(self, X, Y, sample_weight=None):
+        """Accuracy for the classification losses (``cross_entropy``: argmax against the labels
+        or the argmax of one-hot ``Y``; ``bce``: every output thresholded at 0.5 must match, i.e.
+        subset accuracy), R^2 for ``mse`` (averaged uniformly over the outputs, as scikit-learn's
+        ``r2_score``); weighted by ``sample_weight`` when given. Returns a Python float."""
+        X, _ = self._check_X(X)
+        Y = self._check_targets(Y, X.shape[0])
+        sw = self._check_sample_weight(sample_weight, X.shape[0])
+        return self._metric(self._forward_checked(X), Y, sw)
+
+    @property
+    def metric_name(self):
+        """What ``score`` and the validation metric measure: ``'accuracy'`` or ``'r2'``."""
+        return "accuracy" if self.is_classifier else "r2"
+
+    def _metric(self, out, Y, sw):
+        """Accuracy or R^2 of outputs ``out`` against checked targets ``Y`` (N, m)."""
+        if self._loss_code == CROSS_ENTROPY:
+            correct = np.argmax(out, axis=1) == np.argmax(Y, axis=1)
+        elif self._loss_code == BCE:
+            correct = np.all((out > 0.5) == (Y > 0.5), axis=1)
+        else:
+            return _r2(out, Y, sw)
+        return float(np.average(correct, weights=sw))
+
+    # ---- training --------------------------------------------------------------------------
+    def _reset_training_state(self):
+        """Counters and records of training (see ``get_training_state``)."""
+        self.n_epochs_ = 0  # epochs trained, over all fits
+        self.n_steps_ = 0  # optimizer updates (batches), over all fits
+        self.loss_curve_ = []  # training loss of every epoch, over all fits
+        self.optimizer_ = None  # the live optimizer of the last fit / partial_fit
+        self.history_ = None  # History of the last fit (partial_fit appends to it)
+
+    def fit(self, X, Y, epochs=1, batch_size=1, lr=None, optimizer="sgd", shuffle=True, *,
+            random_state=None, validation_data=None, validation_split=0.0, early_stopping=None,
+            callbacks=(), sample_weight=None, progress=False, verbose=0, deterministic=False):
+        """Train from the current weights by mini-batch gradient descent; returns a
+        :class:`~fastbp.callbacks.History` (also kept as ``net.history_``).
+
+        Parameters
+        ----------
+        X : (N, n) array; Y : (N, m) targets or (N,) integer class labels.
+        epochs : passes over the data. batch_size : samples per update (1: per-sample SGD, the
+            seed algorithm; the last batch of an epoch may be smaller).
+        lr : the base learning rate with an optimizer given by name; ``None``: the optimizer's
+            default (0.1 for 'sgd', 0.001 for 'adam' and 'adamw').
+        optimizer : 'sgd', 'adam', 'adamw', a :mod:`fastbp.optim` optimizer object (used as a
+            template: training uses a copy with fresh state, ``net.optimizer_``) or a config
+            dict such as ``{"name": "sgd", "momentum": 0.9}``. Each ``fit`` starts the optimizer
+            afresh (its moments, step count and schedule); ``partial_fit`` continues it.
+        shuffle : visit the samples in a new random order each epoch, drawn from the model's
+            generator (seeded by ``MLP(seed=...)``, or by ``random_state``).
+        random_state : int or None. An int reseeds the model's generator before training (so
+            the shuffles and the validation split are reproducible); None continues it.
+        validation_data : ``(X_val, Y_val)`` or ``(X_val, Y_val, sample_weight_val)``, evaluated
+            after each epoch (loss and metric into the history).
+        validation_split : fraction in [0, 1) of the samples held out (chosen at random from the
+            model's generator) as validation data; not with ``validation_data``.
+        early_stopping : None, True (``EarlyStopping()``: patience 10 on the validation loss, or
+            the training loss without validation data, restoring the best weights), an int (the
+            patience) or a :class:`~fastbp.callbacks.EarlyStopping`.
+        callbacks : callbacks (:class:`~fastbp.callbacks.Callback` objects or functions
+            ``f(epoch, history, model)``) called after each epoch; a truthy return stops.
+        sample_weight : (N,) non-negative weights of each sample's loss: a batch's loss is
+            ``sum_b w_b loss_b / sum_b w_b`` (scikit-learn's convention).
+        progress : draw a progress bar per epoch (tqdm if installed, else a text bar).
+        verbose : 1 prints one line per epoch.
+        deterministic : results that cannot depend on the thread count. Every kernel splits its
+            work among threads by ownership (no atomics, no cross-thread reductions), so results
+            already do not depend on the number of threads; what the thread count does change
+            is whether a small layer runs its serial or its threaded compilation (with 1 thread:
+            always serial). The two compile the same loops and agree bitwise in the tests, but
+            that is the compiler's choice; ``deterministic=True`` makes the choice by work size
+            only, whatever the thread count, so that no result depends on it.
+
+        Reproducibility: with the same seed/random_state and arguments, two fits give bitwise
+        identical weights. Results change with the dtype, with the batch size, with the kernel
+        path (plain SGD runs the fused kernels of ``kernels.network.train_epoch``; momentum,
+        weight decay, Adam or sample weights run ``kernels.train.train_segment``) and may
+        change across CPUs (vector width) and numba/LLVM versions, as the compiler may reorder
+        sums (fastmath ``reassoc``).
         """
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
+        sw = self._check_sample_weight(sample_weight, X.shape[0])
         epochs = V.check_int("epochs", epochs, low=1)
+        run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic)
+        opt = _optim.make_optimizer(optimizer, lr=lr)
+        if isinstance(validation_split, (bool, np.bool_)):
+            raise TypeError(f"validation_split must be a fraction in [0, 1), got "
+                            f"{validation_split!r}")
+        validation_split = V.check_positive_float("validation_split", validation_split,
+                                                  allow_zero=True)
+        if validation_split >= 1:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if validation_split > 0 and validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        val = None
+        if validation_data is not None:
+            val = self._check_validation_data(validation_data)
+        callbacks = make_callbacks(callbacks, early_stopping)
+        if random_state is not None:
+            V.check_int("random_state", random_state, low=0)
+            self._rng = np.random.default_rng(random_state)
+        if validation_split > 0:
+            N = X.shape[0]
+            n_val = math.ceil(N * validation_split)
+            if n_val >= N:
+                raise ValueError(f"validation_split={validation_split} leaves no training "
+                                 f"samples out of {N}")
+            perm = self._rng.permutation(N)
+            vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+            val = (X[vi], Y[vi], None if sw is None else sw[vi])
+            X, Y, sw = X[ti], Y[ti], (None if sw is None else sw[ti])
+            if sw is not None and not sw.sum() > 0:
+                raise ValueError("sample_weight is zero on every training sample left after "
+                                 "validation_split")
+        self.optimizer_ = opt
+        self.history_ = History(self.metric_name)
+        self._train(X, Y, sw, val, epochs, callbacks, **run)
+        return self.history_
+
+    def partial_fit(self, X, Y, *, batch_size=1, lr=None, optimizer=None, shuffle=True,
+                    sample_weight=None, validation_data=None, callbacks=(), progress=False,
+                    verbose=0, deterministic=False):
+        """One epoch over (X, Y) that continues the training state; returns ``self``.
+
+        The optimizer in ``net.optimizer_`` continues (its moments, step and epoch counters, the
+        schedule), shuffling continues the model's generator, and the epoch is appended to
+        ``net.history_``: ``k`` calls give bitwise the weights of one ``fit`` of ``k`` epochs
+        with the same arguments (from the same starting state, same dtype).
+
+        optimizer : None continues ``net.optimizer_`` (the first call starts SGD, or what
+            ``lr`` says); an optimizer (name, object or dict) whose configuration equals the
+            current one's also continues it; a different one starts fresh.
+        lr : with ``optimizer=None``, sets the base learning rate of the continuing optimizer
+            (its state is kept); with a name, as in ``fit``.
+        The other arguments are as in ``fit``.
+        """
+        X, _ = self._check_X(X)
+        Y = self._check_targets(Y, X.shape[0])
+        sw = self._check_sample_weight(sample_weight, X.shape[0])
+        run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic)
+        current = self.optimizer_
+        if optimizer is None:
+            if current is None:
+                current = _optim.make_optimizer("sgd", lr=lr)
+            elif lr is not None:
+                current.lr = _optim._check_real("lr", lr, low=0.0, low_open=True)
+        else:
+            new = _optim.make_optimizer(optimizer, lr=lr)
+            if current is None or new.get_config() != current.get_config():
+                current = new
+        val = None
+        if validation_data is not None:
+            val = self._check_validation_data(validation_data)
+        callbacks = make_callbacks(callbacks, None)
+        self.optimizer_ = current
+        if self.history_ is None:
+            self.history_ = History(self.metric_name)
+        self._train(X, Y, sw, val, 1, callbacks, **run)
+        return self
+
+    # ---- training state as plain data -------------------------------------------------------
+    @property
+    def rng_state(self):
+        """State of the model's generator (shuffling, validation splits) as a plain dict
+        (NumPy's ``bit_generator.state``); assign such a dict to restore it."""
+        return copy.deepcopy(self._rng.bit_generator.state)
+
+    @rng_state.setter
+    def rng_state(self, state):
+        if not isinstance(state, dict) or "bit_generator" not in state:
+            raise TypeError("rng_state must be a dict as numpy's bit_generator.state, got "
+                            f"{type(state).__name__}")
+        name = state["bit_generator"]
+        if name not in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
+            raise ValueError(f"rng_state: unknown bit generator {name!r}")
+        bitgen = getattr(np.random, name)()
+        bitgen.state = copy.deepcopy(state)
+        self._rng = np.random.Generator(bitgen)
+
+    def get_training_state(self):
+        """Everything besides ``params`` that training continues from, as plain data:
+        ``n_epochs``, ``n_steps`` (ints), ``rng_state`` (dict), ``loss_curve`` (list),
+        ``optimizer_config`` (flat dict of scalars and strings, or None),
+        ``optimizer_state`` (dict of NumPy arrays) and ``history`` (dict of lists, or None).
+        ``set_training_state`` of that (on a network with the same params) resumes exactly."""
+        opt = self.optimizer_
+        return {"n_epochs": int(self.n_epochs_), "n_steps": int(self.n_steps_),
+                "rng_state": self.rng_state, "loss_curve": list(self.loss_curve_),
+                "optimizer_config": None if opt is None else opt.get_config(),
+                "optimizer_state": {} if opt is None else opt.state_arrays(),
+                "history": None if self.history_ is None else self.history_.to_dict()}
+
+    def set_training_state(self, state):
+        """Restore what ``get_training_state`` returned."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        missing = {"n_epochs", "n_steps", "rng_state", "optimizer_config",
+                   "optimizer_state"} - set(state)
+        if missing:
+            raise ValueError(f"training state lacks {sorted(missing)}")
+        opt = None
+        if state["optimizer_config"] is not None:
+            opt = _optim.make_optimizer(state["optimizer_config"])
+            opt.load_state_arrays(dict(state["optimizer_state"]))
+            opt._bind(self._params.shape[0], self.dtype)
+        n_epochs = V.check_int("n_epochs", state["n_epochs"], low=0)
+        n_steps = V.check_int("n_steps", state["n_steps"], low=0)
+        self.rng_state = state["rng_state"]
+        self.n_epochs_, self.n_steps_ = n_epochs, n_steps
+        self.optimizer_ = opt
+        self.loss_curve_ = [float(v) for v in state.get("loss_curve", [])]
+        hist = state.get("history")
+        self.history_ = None if hist is None else History.from_dict(hist)
+
+    # ---- training internals -----------------------------------------------------------------
+    def _check_sample_weight(self, sample_weight, n_samples, name="sample_weight"):
+        """None, or (N,) non-negative finite weights of the model's dtype, not all zero."""
+        if sample_weight is None:
+            return None
+        sw = V.as_float_array(name, sample_weight, self.dtype, (1,))
+        if sw.shape[0] != n_samples:
+            raise ValueError(f"{name} has {sw.shape[0]} entries but X has {n_samples} samples")
+        if (sw < 0).any():
+            raise ValueError(f"{name} must be >= 0, got a minimum of {sw.min()}")
+        if not sw.sum(dtype=np.float64) > 0:
+            raise ValueError(f"{name} is zero everywhere; at least one sample needs weight")
+        return sw
+
+    def _check_validation_data(self, data):
+        if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+            raise TypeError("validation_data must be a tuple (X_val, Y_val) or (X_val, Y_val, "
+                            f"sample_weight_val), got {type(data).__name__}")
+        try:
+            Xv, _ = self._check_X(data[0])
+            Yv = self._check_targets(data[1], Xv.shape[0])
+            swv = self._check_sample_weight(data[2] if len(data) == 3 else None, Xv.shape[0])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"validation_data: {exc}") from None
+        return Xv, Yv, swv
+
+    def _check_run_options(self, batch_size, shuffle, progress, verbose, deterministic):
         batch_size = V.check_int("batch_size", batch_size, low=1)
-        lr = V.check_positive_float("lr", lr)
-        V.check_choice("optimizer", optimizer, OPTIMIZERS)
+        for name, value in (("shuffle", shuffle), ("progress", progress),
+                            ("deterministic", deterministic)):
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        if not isinstance(verbose, (bool, np.bool_)):
+            V.check_int("verbose", verbose, low=0)
+        return {"batch_size": batch_size, "shuffle": bool(shuffle), "progress": bool(progress),
+                "verbose": int(verbose), "deterministic": bool(deterministic)}
+
+    def _train(self, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, verbose,
+               deterministic):
+        """The epoch loop shared by ``fit`` and ``partial_fit``; everything is allocated here,
+        once, before the first epoch."""
+        opt, hist = self.optimizer_, self.history_
+        if val is None:
+            needs = [f"EarlyStopping(monitor={cb.monitor!r})" for cb in callbacks
+                     if isinstance(cb, EarlyStopping) and cb.monitor.startswith("val")]
+            if isinstance(opt.schedule, _optim.ReduceLROnPlateau) and \
+                    opt.schedule.monitor == "val_loss":
+                needs.append("ReduceLROnPlateau(monitor='val_loss')")
+            if needs:
+                raise ValueError(f"{needs[0]} needs validation data: give validation_data or "
+                                 "validation_split")
+        params, layout, code, dtype = self._params, self._layout, self._loss_code, self.dtype
         N = X.shape[0]
         B = min(batch_size, N)
-        S = knet.workspace_size(self._layout)
-        grads = np.empty_like(self._params)
-        xbuf = np.empty(B * self.layer_sizes[0], dtype=self.dtype)
-        ybuf = np.empty(B * self.layer_sizes[-1], dtype=self.dtype)
-        acts = np.empty(max(B, 2) * S, dtype=self.dtype)  # batch size 1 needs two samples
-        deltas = np.empty(B * S, dtype=self.dtype)
-        order = np.arange(N, dtype=np.int64)
-        lr_t = self.dtype.type(lr)
-        self.loss_curve_ = getattr(self, "loss_curve_", [])
-        for _ in range(epochs):
-            if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k fits of one
-                order[:] = np.arange(N)  # epoch then equal one fit of k epochs
-                self._rng.shuffle(order)
-            epoch_loss = knet.train_epoch(self._params, grads, X, Y, order, B, lr_t,
-                                          self._layout, self._loss_code, xbuf, ybuf, acts,
-                                          deltas, knet.parallel_threshold())
-            self.loss_curve_.append(float(epoch_loss))
-        return self
+        S = knet.workspace_size(layout)
+        min_par = knet.PARALLEL_MIN_WORK if deterministic else knet.parallel_threshold()
+        fast = opt.is_plain_sgd() and sw is None
+        grads = np.empty_like(params)
+        xbuf = np.empty(B * self.layer_sizes[0], dtype=dtype)
+        ybuf = np.empty(B * self.layer_sizes[-1], dtype=dtype)
+        acts = np.empty(max(B, 2) * S, dtype=dtype)  # the per-sample path needs two samples
+        deltas = np.empty(B * S, dtype=dtype)
+        identity = np.arange(N, dtype=np.int64)
+        order = identity.copy()
+        empty = np.empty(0, dtype=dtype)
+        sw_arr = empty if sw is None else sw
+        wbuf = np.empty(B if sw is not None else 0, dtype=dtype)
+        wtotal = float(N) if sw is None else float(sw.sum(dtype=np.float64))
+        kind, hp, s1, s2 = opt.kernel_args(params.shape[0], dtype)
+        # An epoch runs in one kernel call, or in PROGRESS_UPDATES pieces to draw a bar.
+        n_batches = -(-N // B)
+        seg = N if not progress else B * -(-n_batches // PROGRESS_UPDATES)
+        if fast and progress:  # train_epoch walks all of X: hand it the epoch's rows in order
+            Xp, Yp = np.empty_like(X), np.empty_like(Y)
+        if val is not None:
+            Xv, Yv, swv = val
+            out_v = np.empty((Xv.shape[0], self.layer_sizes[-1]), dtype=dtype)
+            chunk_v = min(Xv.shape[0], PREDICT_CHUNK)
+            acts_v = np.empty(chunk_v * S, dtype=dtype)
+            swv_arr = empty if swv is None else swv
+            wv_total = float(Xv.shape[0]) if swv is None else float(swv.sum(dtype=np.float64))
+        show = Progress(progress, verbose, self.metric_name)
+        for cb in callbacks:
+            cb.on_train_begin(self, hist)
+        try:
+            for _ in range(epochs):
+                lr = opt.current_lr()
+                if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
+                    order[:] = identity  # one epoch then equal one run of k epochs
+                    self._rng.shuffle(order)
+                show.begin_epoch(self.n_epochs_ + 1, N)
+                t0 = time.perf_counter()
+                if fast:
+                    lr_t = dtype.type(lr)
+                    if not progress:
+                        loss = float(knet.train_epoch(params, grads, X, Y, order, B, lr_t, layout,
+                                                      code, xbuf, ybuf, acts, deltas, min_par))
+                    else:
+                        np.take(X, order, axis=0, out=Xp)
+                        np.take(Y, order, axis=0, out=Yp)
+                        total = 0.0
+                        for start in range(0, N, seg):
+                            stop = min(start + seg, N)
+                            part = knet.train_epoch(params, grads, Xp[start:stop],
+                                                    Yp[start:stop], identity[:stop - start], B,
+                                                    lr_t, layout, code, xbuf, ybuf, acts, deltas,
+                                                    min_par)
+                            total += float(part) * (stop - start)
+                            show.advance(stop - start, total / stop)
+                        loss = total / N
+                    steps = n_batches
+                    opt.step_count += steps
+                else:
+                    hp[kopt.HP_LR] = lr
+                    total, step = 0.0, opt.step_count
+                    for start in range(0, N, seg):
+                        stop = min(start + seg, N)
+                        total, step = ktrain.train_segment(
+                            params, grads, X, Y, sw_arr, order, start, stop, B, layout, code,
+                            kind, hp, s1, s2, step, total, xbuf, ybuf, wbuf, acts, deltas,
+                            min_par)
+                        if progress:
+                            seen = stop if sw is None else float(
+                                sw[order[:stop]].sum(dtype=np.float64))
+                            show.advance(stop - start, total / seen if seen > 0 else 0.0)
+                    steps = step - opt.step_count
+                    opt.step_count = step
+                    loss = float(total) / wtotal
+                seconds = time.perf_counter() - t0
+                self.n_epochs_ += 1
+                self.n_steps_ += steps
+                self.loss_curve_.append(loss)
+                val_loss = val_metric = math.nan
+                if val is not None:
+                    knet.predict_into(out_v, Xv, params, layout, acts_v, chunk_v, min_par)
+                    val_loss = float(ktrain.evaluate_loss(out_v, Yv, swv_arr, code)) / wv_total
+                    val_metric = self._metric(out_v, Yv, swv)
+                row = {"epoch": self.n_epochs_, "loss": loss, "val_loss": val_loss,
+                       "val_metric": val_metric, "lr": lr, "seconds": seconds,
+                       "samples_per_s": N / seconds if seconds > 0 else math.inf}
+                hist.append(**row)
+                show.end_epoch(row)
+                if not np.isfinite(params).all():
+                    raise FloatingPointError(
+                        f"training diverged in epoch {self.n_epochs_} (lr {lr:g}): the weights "
+                        "are no longer finite; lower the learning rate or scale the inputs")
+                opt.end_epoch({"loss": loss, "lr": lr,
+                               "val_loss": None if val is None else val_loss})
+                stop_now = False
+                for cb in callbacks:
+                    stop_now = bool(cb.on_epoch_end(self.n_epochs_, hist, self)) or stop_now
+                if stop_now:
+                    hist.stopped_epoch = self.n_epochs_
+                    break
+        finally:
+            show.close()
+        for cb in callbacks:
+            cb.on_train_end(self, hist)
+
+
+def _r2(pred, Y, sw):
+    """Coefficient of determination, averaged uniformly over the outputs (scikit-learn's
+    ``r2_score`` with ``multioutput='uniform_average'``); a constant target column scores 1 when
+    predicted exactly, else 0."""
+    pred = np.asarray(pred, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    w = np.ones(Y.shape[0]) if sw is None else np.asarray(sw, dtype=np.float64)
+    w = w[:, None]
+    mean = (w * Y).sum(axis=0) / w.sum()
+    ss_res = (w * (Y - pred) ** 2).sum(axis=0)
+    ss_tot = (w * (Y - mean) ** 2).sum(axis=0)
+    scores = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1),
+                      np.where(ss_res == 0, 1.0, 0.0))
+    return float(scores.mean())
