@@ -10,7 +10,7 @@ import fastbp
 HIDDEN = ("sigmoid", "tanh", "relu", "identity")
 OUTPUTS = [("mse", "sigmoid"), ("mse", "tanh"), ("mse", "relu"), ("mse", "identity"),
            ("bce", "sigmoid"), ("cross_entropy", "softmax")]
-SIZES = {"2-layer": [5, 4, 3], "4-layer": [4, 6, 5, 4, 3]}
+SIZES = {"1-layer": [5, 3], "2-layer": [5, 4, 3], "4-layer": [4, 6, 5, 4, 3]}
 
 
 def make_targets(rng, n, m, loss):

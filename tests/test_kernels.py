@@ -171,6 +171,33 @@ def test_dense_grad_matches_naive(variant, dtype, scale_kind, rng):
         assert_within(db, ref_b, tol_b, what + " db")
 
 
+@pytest.mark.parametrize("variant", list(GRAD))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_dense_grad_accumulates(variant, dtype, rng):
+    """``accumulate=True`` adds the scaled product to what the outputs hold; with
+    ``scale = -lr/B`` on the weights themselves this is the fused plain-SGD step."""
+    kernel = GRAD[variant]
+    e = eps(dtype)
+    for B, n_in, n_out in SHAPES[::3] + [(5, 600, 6), (8, 257, 9)]:
+        dout = rng.normal(size=(B, n_out)).astype(dtype)
+        A_prev = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        W0 = rng.normal(size=(n_out, n_in)).astype(dtype)
+        b0 = rng.normal(size=n_out).astype(dtype)
+        scale = dtype(-0.3 / B)
+        W, b = W0.copy(), b0.copy()
+        kernel(W, b, dout, A_prev, scale, True)
+        ref_W, ref_b = naive.dense_grad(dout, A_prev, float(scale))
+        d64 = np.abs(dout.astype(np.float64))
+        # every addition into W rounds relative to the running value, which starts at W0
+        tol_W = 2 * (B + 2) * e * (abs(float(scale)) * (d64.T @ np.abs(A_prev.astype(np.float64)))
+                                   + np.abs(W0.astype(np.float64)))
+        tol_b = 2 * (B + 2) * e * (abs(float(scale)) * d64.sum(axis=0) + np.abs(b0))
+        what = f"{variant} dense_grad accumulate {np.dtype(dtype).name} B={B} n_in={n_in} " \
+               f"n_out={n_out}"
+        assert_within(W, W0 + ref_W, tol_W, what + " W")
+        assert_within(b, b0 + ref_b, tol_b, what + " b")
+
+
 # ---- output_delta and loss_sum ---------------------------------------------------------------
 OUTPUT_CASES = [("mse", a) for a in ELEMENTWISE] + [("bce", "sigmoid"),
                                                       ("cross_entropy", "softmax")]

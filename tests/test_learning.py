@@ -113,11 +113,12 @@ STEP_CASES = [
     ("tanh", "cross_entropy", None, [6, 8, 5, 3]),
     ("relu", "bce", None, [4, 6, 5, 1]),
     ("identity", "mse", "tanh", [3, 4, 2]),
+    ("tanh", "cross_entropy", None, [4, 3]),  # a single layer (multinomial regression)
 ]
 STEP_IDS = [f"{h}-{l}-{len(s) - 1}layers" for h, l, _, s in STEP_CASES]
 
 
-def step_problem(hidden, loss, out_act, sizes, dtype, n=10):
+def step_problem(hidden, loss, out_act, sizes, dtype, n=11):
     rng = np.random.default_rng(8)
     net = fastbp.MLP(sizes, activation=hidden, output_activation=out_act, loss=loss,
                      dtype=dtype, seed=6)
@@ -134,15 +135,18 @@ def step_problem(hidden, loss, out_act, sizes, dtype, n=10):
     return net, X.astype(dtype), Y.astype(dtype)
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 11, 16],
+                         ids=["per-sample", "batch2", "batch3", "full-batch", "batch-over-N"])
 @pytest.mark.parametrize("hidden,loss,out_act,sizes", STEP_CASES, ids=STEP_IDS)
-def test_fit_matches_naive_sgd(hidden, loss, out_act, sizes):
-    """Two epochs, batches of 3 over 10 samples (a last batch of 1), in order."""
+def test_fit_matches_naive_sgd(hidden, loss, out_act, sizes, batch_size):
+    """Two epochs over 11 samples in order: per-sample SGD (the fused path), batches of 2 and
+    3 (last batches of 1 and 2), one batch of all 11, and a batch size above N."""
     net, X, Y = step_problem(hidden, loss, out_act, sizes, "float64")
     acts = [hidden] * (len(sizes) - 2) + [net.output_activation]
     Ws, bs = list(net.weights), list(net.biases)
     for _ in range(2):
-        Ws, bs = naive.sgd_epoch(Ws, bs, acts, loss, X, Y, 0.3, 3)
-    net.fit(X, Y, epochs=2, batch_size=3, lr=0.3, shuffle=False)
+        Ws, bs = naive.sgd_epoch(Ws, bs, acts, loss, X, Y, 0.3, batch_size)
+    net.fit(X, Y, epochs=2, batch_size=batch_size, lr=0.3, shuffle=False)
     for l in range(net.n_layers):
         np.testing.assert_allclose(net.weights[l], Ws[l], rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(net.biases[l], bs[l], rtol=1e-12, atol=1e-14)
@@ -172,15 +176,18 @@ def torch_loss(torch, Ws, bs, acts, loss, X, Y):
     return -(Y * torch.log(a) + (1 - Y) * torch.log(1 - a)).sum(dim=1).mean()
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("hidden,loss,out_act,sizes", STEP_CASES, ids=STEP_IDS)
-def test_fit_matches_torch_sgd(torch, hidden, loss, out_act, sizes, dtype):
+def test_fit_matches_torch_sgd(torch, hidden, loss, out_act, sizes, dtype, batch):
+    """Three epochs over 11 samples in order, per-sample and in batches of 3, against
+    ``torch.optim.SGD`` stepping on the same starting weights."""
     net, X, Y = step_problem(hidden, loss, out_act, sizes, dtype)
     tdt = torch.float64 if dtype == "float64" else torch.float32
     Ws = [torch.tensor(W, dtype=tdt, requires_grad=True) for W in net.weights]
     bs = [torch.tensor(b, dtype=tdt, requires_grad=True) for b in net.biases]
     acts = [hidden] * (len(sizes) - 2) + [net.output_activation]
-    lr, batch, epochs = 0.3, 3, 3
+    lr, epochs = 0.3, 3
     opt = torch.optim.SGD(Ws + bs, lr=lr)
     Xt, Yt = torch.tensor(X, dtype=tdt), torch.tensor(Y, dtype=tdt)
     curve = []
@@ -204,6 +211,24 @@ def test_fit_matches_torch_sgd(torch, hidden, loss, out_act, sizes, dtype):
         np.testing.assert_allclose(net.weights[l], Ws[l].detach().numpy(), rtol=rtol, atol=atol)
         np.testing.assert_allclose(net.biases[l], bs[l].detach().numpy(), rtol=rtol, atol=atol)
     np.testing.assert_allclose(net.loss_curve_, curve, rtol=rtol * 10)
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_fit_matches_naive_sgd_on_a_wider_network(batch_size):
+    """Sizes at which the batched path runs threaded kernels (with more than one thread) and
+    the per-sample path sweeps 300-wide rows."""
+    rng = np.random.default_rng(9)
+    net = fastbp.MLP([300, 40, 10], activation="tanh", loss="cross_entropy", dtype="float64",
+                     seed=2)
+    X = rng.uniform(0, 1, (20, 300))
+    Y = np.eye(10)[rng.integers(0, 10, 20)]
+    Ws, bs = list(net.weights), list(net.biases)
+    Ws, bs = naive.sgd_epoch(Ws, bs, ["tanh", "softmax"], "cross_entropy", X, Y, 0.05,
+                             batch_size)
+    net.fit(X, Y, epochs=1, batch_size=batch_size, lr=0.05, shuffle=False)
+    for l in range(2):
+        np.testing.assert_allclose(net.weights[l], Ws[l], rtol=1e-11, atol=1e-13)
+        np.testing.assert_allclose(net.biases[l], bs[l], rtol=1e-11, atol=1e-13)
 
 
 # ---- the thread count does not change any result ---------------------------------------------

@@ -143,6 +143,26 @@ def test_float32_forward_is_float32_arithmetic():
     assert not np.array_equal(out, ref.astype(np.float32))
 
 
+def test_forward_and_loss_over_many_chunks():
+    """forward/loss push rows through in chunks (``PREDICT_CHUNK``): more rows than that, and
+    a remainder, give the same as the oracle and as row-by-row."""
+    from fastbp.model import PREDICT_CHUNK
+    rng = np.random.default_rng(12)
+    net = small_net()
+    N = 2 * PREDICT_CHUNK + 37
+    X = rng.normal(size=(N, 6))
+    y = rng.integers(0, 3, N)
+    out = net.forward(X)
+    assert out.shape == (N, 3)
+    np.testing.assert_allclose(out, naive_forward(net, X), rtol=1e-12, atol=1e-15)
+    for k in (0, PREDICT_CHUNK - 1, PREDICT_CHUNK, N - 1):
+        np.testing.assert_array_equal(net.forward(X[k]), out[k])
+    acts = [net.activation] * (net.n_layers - 1) + [net.output_activation]
+    ref = naive.network_loss(list(net.weights), list(net.biases), acts, "cross_entropy", X,
+                             np.eye(3)[y])
+    np.testing.assert_allclose(net.loss(X, y), ref, rtol=1e-12)
+
+
 # ---- predict ---------------------------------------------------------------------------------
 def test_predict_returns_labels_for_classification():
     rng = np.random.default_rng(6)
