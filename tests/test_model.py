@@ -95,6 +95,17 @@ def test_float32_weights_assigned_from_float64_are_rounded():
     np.testing.assert_array_equal(net.weights[0], W.astype(np.float32))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.xfail(strict=True, reason="bug: _ParamList.__setitem__ checks finiteness before "
+                   "the cast to the model's dtype, so 1e39 becomes inf in a float32 model")
+def test_assigning_values_that_overflow_float32_is_rejected():
+    net = small_net("float32")
+    kept = net.params.copy()
+    with pytest.raises(ValueError):
+        net.weights[0] = np.full((5, 6), 1e39)
+    np.testing.assert_array_equal(net.params, kept)
+
+
 # ---- shapes and dtypes of results ------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_of_one_sample(dtype):
