@@ -74,23 +74,30 @@ def _layer_known_safe():
 
 
 @contextlib.contextmanager
-def kernel_scope():
+def kernel_scope(deterministic=False):
     """Run fastbp kernels: applies fastbp's thread count to numba for this Python thread and
-    yields ``min_par``, the work threshold the drivers take (serial-only where threads are
-    unsafe or there is one thread)."""
+    yields ``min_par``, the work threshold the drivers take.
+
+    With one thread the drivers run every kernel serially (``SERIAL_ONLY``), unless
+    ``deterministic``: then the choice between a kernel's serial and threaded build depends on
+    the work size alone, never on the thread count. In a child forked after GNU OpenMP started,
+    everything is serial (threads there would abort the process).
+    """
+    if _serial_only:
+        yield SERIAL_ONLY
+        return
     n = get_num_threads()
-    min_par = PARALLEL_MIN_WORK if n > 1 else SERIAL_ONLY
-    if min_par == SERIAL_ONLY:
-        yield min_par
+    if n == 1 and not deterministic:
+        yield SERIAL_ONLY
         return
     saved = numba.get_num_threads()
     numba.set_num_threads(n)
     try:
         if _layer_known_safe():
-            yield min_par
+            yield PARALLEL_MIN_WORK
         else:
             with _workqueue_lock:
-                yield min_par
+                yield PARALLEL_MIN_WORK
     finally:
         numba.set_num_threads(saved)
 

@@ -12,10 +12,12 @@ import numpy as np
 
 from . import _validation as V
 from . import optim as _optim
+from ._threads import get_num_threads, kernel_scope
 from .callbacks import EarlyStopping, History, Progress, make_callbacks
 from .kernels import network as knet
 from .kernels import optim as kopt
 from .kernels import train as ktrain
+from .kernels.fused import sgd_hogwild
 from .kernels.activations import ACTIVATIONS, IDENTITY, RELU, SIGMOID, SOFTMAX, TANH
 from .kernels.losses import BCE, CROSS_ENTROPY, LOSSES, MSE, loss_sum
 
@@ -42,9 +44,15 @@ class _ParamList(list):
         if value.shape != view.shape:
             raise ValueError(f"layer {index} expects an array of shape {view.shape}, "
                              f"got {value.shape}")
-        if value.dtype.kind not in "biuf" or not np.isfinite(value).all():
-            raise ValueError(f"layer {index}: values must be finite real numbers")
-        view[...] = value
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"layer {index}: values must be real numbers, got dtype "
+                            f"{value.dtype}")
+        with np.errstate(over="ignore"):
+            cast = value.astype(view.dtype)
+        if not np.isfinite(cast).all():
+            raise ValueError(f"layer {index}: values must be finite in {view.dtype} (NaN, "
+                             f"infinity or beyond the dtype's range)")
+        view[...] = cast
 
 
 class MLP:
@@ -219,8 +227,8 @@ class MLP:
         chunk = min(X.shape[0], PREDICT_CHUNK)
         acts = np.empty(chunk * knet.workspace_size(self._layout), dtype=self.dtype)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-        knet.predict_into(out, X, self._params, self._layout, acts, chunk,
-                          knet.parallel_threshold())
+        with kernel_scope() as min_par:
+            knet.predict_into(out, X, self._params, self._layout, acts, chunk, min_par)
         return out
 
     def forward(self, X):
@@ -255,10 +263,10 @@ class MLP:
         acts = np.empty(B * S, dtype=self.dtype)
         deltas = np.empty(B * S, dtype=self.dtype)
         grads = np.empty_like(self._params)
-        min_par = knet.parallel_threshold()
-        knet.forward_batch(acts, X, self._params, self._layout, min_par)
-        knet.backward_batch(grads, deltas, acts, X, Y, self._params, self._layout,
-                            self._loss_code, min_par)
+        with kernel_scope() as min_par:
+            knet.forward_batch(acts, X, self._params, self._layout, min_par)
+            knet.backward_batch(grads, deltas, acts, X, Y, self._params, self._layout,
+                                self._loss_code, min_par)
         pairs = [self._layer_slice(grads, l) for l in range(self.n_layers)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -312,7 +320,8 @@ class MLP:
 
     def fit(self, X, Y, epochs=1, batch_size=1, lr=None, optimizer="sgd", shuffle=True, *,
             random_state=None, validation_data=None, validation_split=0.0, early_stopping=None,
-            callbacks=(), sample_weight=None, progress=False, verbose=0, deterministic=False):
+            callbacks=(), sample_weight=None, progress=False, verbose=0, deterministic=False,
+            hogwild=False):
         """Train from the current weights by mini-batch gradient descent; returns a
         :class:`~fastbp.callbacks.History` (also kept as ``net.history_``).
 
@@ -351,6 +360,11 @@ class MLP:
             always serial). The two compile the same loops and agree bitwise in the tests, but
             that is the compiler's choice; ``deterministic=True`` makes the choice by work size
             only, whatever the thread count, so that no result depends on it.
+        hogwild : lock-free parallel per-sample SGD ("Hogwild!", Niu et al. 2011): with
+            ``batch_size=1`` and plain SGD, each of fastbp's threads trains on its own share of
+            the epoch's samples, all updating the shared weights without locks. Faster on
+            several cores, but not reproducible (updates of different threads may overwrite
+            each other). With one thread it is the ordinary per-sample path.
 
         Reproducibility: with the same seed/random_state and arguments, two fits give bitwise
         identical weights. Results change with the dtype, with the batch size, with the kernel
@@ -363,8 +377,13 @@ class MLP:
         Y = self._check_targets(Y, X.shape[0])
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         epochs = V.check_int("epochs", epochs, low=1)
-        run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic)
+        run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic,
+                                      hogwild)
         opt = _optim.make_optimizer(optimizer, lr=lr)
+        if run["hogwild"] and (run["batch_size"] != 1 or not opt.is_plain_sgd()
+                               or sw is not None or run["progress"]):
+            raise ValueError("hogwild=True needs batch_size=1 and plain SGD (no momentum, "
+                             "weight decay or schedule), without sample_weight or progress")
         if isinstance(validation_split, (bool, np.bool_)):
             raise TypeError(f"validation_split must be a fraction in [0, 1), got "
                             f"{validation_split!r}")
@@ -520,19 +539,21 @@ class MLP:
             raise type(exc)(f"validation_data: {exc}") from None
         return Xv, Yv, swv
 
-    def _check_run_options(self, batch_size, shuffle, progress, verbose, deterministic):
+    def _check_run_options(self, batch_size, shuffle, progress, verbose, deterministic,
+                           hogwild=False):
         batch_size = V.check_int("batch_size", batch_size, low=1)
         for name, value in (("shuffle", shuffle), ("progress", progress),
-                            ("deterministic", deterministic)):
+                            ("deterministic", deterministic), ("hogwild", hogwild)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         if not isinstance(verbose, (bool, np.bool_)):
             V.check_int("verbose", verbose, low=0)
         return {"batch_size": batch_size, "shuffle": bool(shuffle), "progress": bool(progress),
-                "verbose": int(verbose), "deterministic": bool(deterministic)}
+                "verbose": int(verbose), "deterministic": bool(deterministic),
+                "hogwild": bool(hogwild)}
 
     def _train(self, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, verbose,
-               deterministic):
+               deterministic, hogwild):
         """The epoch loop shared by ``fit`` and ``partial_fit``; everything is allocated here,
         once, before the first epoch."""
         opt, hist = self.optimizer_, self.history_
@@ -549,7 +570,6 @@ class MLP:
         N = X.shape[0]
         B = min(batch_size, N)
         S = knet.workspace_size(layout)
-        min_par = knet.PARALLEL_MIN_WORK if deterministic else knet.parallel_threshold()
         fast = opt.is_plain_sgd() and sw is None
         grads = np.empty_like(params)
         xbuf = np.empty(B * self.layer_sizes[0], dtype=dtype)
@@ -566,6 +586,10 @@ class MLP:
         # An epoch runs in one kernel call, or in PROGRESS_UPDATES pieces to draw a bar.
         n_batches = -(-N // B)
         seg = N if not progress else B * -(-n_batches // PROGRESS_UPDATES)
+        if hogwild:  # one per-sample workspace per thread
+            T = max(1, min(get_num_threads(), N))
+            acts_h = np.empty((T, 2, S), dtype=dtype)
+            deltas_h = np.empty((T, S), dtype=dtype)
         if fast and progress:  # train_epoch walks all of X: hand it the epoch's rows in order
             Xp, Yp = np.empty_like(X), np.empty_like(Y)
         if val is not None:
@@ -579,75 +603,79 @@ class MLP:
         for cb in callbacks:
             cb.on_train_begin(self, hist)
         try:
-            for _ in range(epochs):
-                lr = opt.current_lr()
-                if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
-                    order[:] = identity  # one epoch then equal one run of k epochs
-                    self._rng.shuffle(order)
-                show.begin_epoch(self.n_epochs_ + 1, N)
-                t0 = time.perf_counter()
-                if fast:
-                    lr_t = dtype.type(lr)
-                    if not progress:
-                        loss = float(knet.train_epoch(params, grads, X, Y, order, B, lr_t, layout,
-                                                      code, xbuf, ybuf, acts, deltas, min_par))
+            with kernel_scope(deterministic) as min_par:
+                for _ in range(epochs):
+                    lr = opt.current_lr()
+                    if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
+                        order[:] = identity  # one epoch then equal one run of k epochs
+                        self._rng.shuffle(order)
+                    show.begin_epoch(self.n_epochs_ + 1, N)
+                    t0 = time.perf_counter()
+                    if fast:
+                        lr_t = dtype.type(lr)
+                        if hogwild and min_par != knet.SERIAL_ONLY:
+                            loss = float(sgd_hogwild(params, X, Y, order, lr_t, layout, code,
+                                                     acts_h, deltas_h)) / N
+                        elif not progress:
+                            loss = float(knet.train_epoch(params, grads, X, Y, order, B, lr_t, layout,
+                                                          code, xbuf, ybuf, acts, deltas, min_par))
+                        else:
+                            np.take(X, order, axis=0, out=Xp)
+                            np.take(Y, order, axis=0, out=Yp)
+                            total = 0.0
+                            for start in range(0, N, seg):
+                                stop = min(start + seg, N)
+                                part = knet.train_epoch(params, grads, Xp[start:stop],
+                                                        Yp[start:stop], identity[:stop - start], B,
+                                                        lr_t, layout, code, xbuf, ybuf, acts, deltas,
+                                                        min_par)
+                                total += float(part) * (stop - start)
+                                show.advance(stop - start, total / stop)
+                            loss = total / N
+                        steps = n_batches
+                        opt.step_count += steps
                     else:
-                        np.take(X, order, axis=0, out=Xp)
-                        np.take(Y, order, axis=0, out=Yp)
-                        total = 0.0
+                        hp[kopt.HP_LR] = lr
+                        total, step = 0.0, opt.step_count
                         for start in range(0, N, seg):
                             stop = min(start + seg, N)
-                            part = knet.train_epoch(params, grads, Xp[start:stop],
-                                                    Yp[start:stop], identity[:stop - start], B,
-                                                    lr_t, layout, code, xbuf, ybuf, acts, deltas,
-                                                    min_par)
-                            total += float(part) * (stop - start)
-                            show.advance(stop - start, total / stop)
-                        loss = total / N
-                    steps = n_batches
-                    opt.step_count += steps
-                else:
-                    hp[kopt.HP_LR] = lr
-                    total, step = 0.0, opt.step_count
-                    for start in range(0, N, seg):
-                        stop = min(start + seg, N)
-                        total, step = ktrain.train_segment(
-                            params, grads, X, Y, sw_arr, order, start, stop, B, layout, code,
-                            kind, hp, s1, s2, step, total, xbuf, ybuf, wbuf, acts, deltas,
-                            min_par)
-                        if progress:
-                            seen = stop if sw is None else float(
-                                sw[order[:stop]].sum(dtype=np.float64))
-                            show.advance(stop - start, total / seen if seen > 0 else 0.0)
-                    steps = step - opt.step_count
-                    opt.step_count = step
-                    loss = float(total) / wtotal
-                seconds = time.perf_counter() - t0
-                self.n_epochs_ += 1
-                self.n_steps_ += steps
-                self.loss_curve_.append(loss)
-                val_loss = val_metric = math.nan
-                if val is not None:
-                    knet.predict_into(out_v, Xv, params, layout, acts_v, chunk_v, min_par)
-                    val_loss = float(ktrain.evaluate_loss(out_v, Yv, swv_arr, code)) / wv_total
-                    val_metric = self._metric(out_v, Yv, swv)
-                row = {"epoch": self.n_epochs_, "loss": loss, "val_loss": val_loss,
-                       "val_metric": val_metric, "lr": lr, "seconds": seconds,
-                       "samples_per_s": N / seconds if seconds > 0 else math.inf}
-                hist.append(**row)
-                show.end_epoch(row)
-                if not np.isfinite(params).all():
-                    raise FloatingPointError(
-                        f"training diverged in epoch {self.n_epochs_} (lr {lr:g}): the weights "
-                        "are no longer finite; lower the learning rate or scale the inputs")
-                opt.end_epoch({"loss": loss, "lr": lr,
-                               "val_loss": None if val is None else val_loss})
-                stop_now = False
-                for cb in callbacks:
-                    stop_now = bool(cb.on_epoch_end(self.n_epochs_, hist, self)) or stop_now
-                if stop_now:
-                    hist.stopped_epoch = self.n_epochs_
-                    break
+                            total, step = ktrain.train_segment(
+                                params, grads, X, Y, sw_arr, order, start, stop, B, layout, code,
+                                kind, hp, s1, s2, step, total, xbuf, ybuf, wbuf, acts, deltas,
+                                min_par)
+                            if progress:
+                                seen = stop if sw is None else float(
+                                    sw[order[:stop]].sum(dtype=np.float64))
+                                show.advance(stop - start, total / seen if seen > 0 else 0.0)
+                        steps = step - opt.step_count
+                        opt.step_count = step
+                        loss = float(total) / wtotal
+                    seconds = time.perf_counter() - t0
+                    self.n_epochs_ += 1
+                    self.n_steps_ += steps
+                    self.loss_curve_.append(loss)
+                    val_loss = val_metric = math.nan
+                    if val is not None:
+                        knet.predict_into(out_v, Xv, params, layout, acts_v, chunk_v, min_par)
+                        val_loss = float(ktrain.evaluate_loss(out_v, Yv, swv_arr, code)) / wv_total
+                        val_metric = self._metric(out_v, Yv, swv)
+                    row = {"epoch": self.n_epochs_, "loss": loss, "val_loss": val_loss,
+                           "val_metric": val_metric, "lr": lr, "seconds": seconds,
+                           "samples_per_s": N / seconds if seconds > 0 else math.inf}
+                    hist.append(**row)
+                    show.end_epoch(row)
+                    if not np.isfinite(params).all():
+                        raise FloatingPointError(
+                            f"training diverged in epoch {self.n_epochs_} (lr {lr:g}): the weights "
+                            "are no longer finite; lower the learning rate or scale the inputs")
+                    opt.end_epoch({"loss": loss, "lr": lr,
+                                   "val_loss": None if val is None else val_loss})
+                    stop_now = False
+                    for cb in callbacks:
+                        stop_now = bool(cb.on_epoch_end(self.n_epochs_, hist, self)) or stop_now
+                    if stop_now:
+                        hist.stopped_epoch = self.n_epochs_
+                        break
         finally:
             show.close()
         for cb in callbacks:

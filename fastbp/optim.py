@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _validation as V
 from .kernels import optim as kopt
-from .kernels.network import parallel_threshold
+from ._threads import kernel_scope
 
 
 def _check_real(name, value, low=None, high=None, low_open=False, high_open=False):
@@ -431,8 +431,8 @@ class Optimizer:
             raise ValueError("grads contains NaN or infinity")
         kind, hp, s1, s2 = self.kernel_args(params.shape[0], params.dtype)
         self.step_count += 1
-        kopt.apply_update(params, grads, kind, hp, s1, s2, self.step_count,
-                          parallel_threshold())
+        with kernel_scope() as min_par:
+            kopt.apply_update(params, grads, kind, hp, s1, s2, self.step_count, min_par)
 
     def is_plain_sgd(self):
         """True for SGD without momentum or weight decay (the fused fast path applies)."""

@@ -96,8 +96,6 @@ def test_float32_weights_assigned_from_float64_are_rounded():
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.xfail(strict=True, reason="bug: _ParamList.__setitem__ checks finiteness before "
-                   "the cast to the model's dtype, so 1e39 becomes inf in a float32 model")
 def test_assigning_values_that_overflow_float32_is_rejected():
     net = small_net("float32")
     kept = net.params.copy()
