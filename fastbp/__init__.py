@@ -6,7 +6,7 @@ Numba kernels.
 >>> net = fastbp.MLP([64, 64, 10], activation="tanh", loss="cross_entropy", seed=0)
 >>> net.fit(X_train, y_train, epochs=20, batch_size=16, lr=0.1)  # doctest: +SKIP
 """
-from . import datasets, kernels
+from . import callbacks, datasets, kernels, optim
 from ._info import show_config
 from ._threads import get_num_threads, set_num_threads, threads
 from ._warmup import warmup
@@ -14,5 +14,5 @@ from .model import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "datasets", "kernels", "warmup", "show_config", "set_num_threads",
+__all__ = ["MLP", "callbacks", "datasets", "kernels", "optim", "warmup", "show_config", "set_num_threads",
            "get_num_threads", "threads", "__version__"]

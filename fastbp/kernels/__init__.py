@@ -12,7 +12,8 @@ Layer kernels (outputs first, then inputs, then parameters):
 * ``dense_grad(dweight, dbias, dout, inp, scale, accumulate=False)``: ``dW (+)= scale dout^T inp``,
   ``db (+)= scale sum_b dout`` (with ``-lr/B`` and ``accumulate``: the fused SGD step)
 * ``output_delta(delta, out, target, loss, act)`` and ``loss_sum(out, target, loss)``
-* ``sgd_update(params, grads, lr)``: ``params -= lr * grads``
+* ``sgd_update(params, grads, lr)``: ``params -= lr * grads``; ``sgd_momentum_update`` and
+  ``adam_update``: the other optimizers, each one flat loop over the parameter buffer
 
 Each layer kernel also exists as ``name_serial``: the same loops without threads.
 Activation codes: ``IDENTITY, SIGMOID, TANH, RELU, SOFTMAX``; loss codes: ``MSE, BCE,
@@ -23,7 +24,8 @@ from .activations import (ACTIVATION_NAMES, ACTIVATIONS, IDENTITY, RELU, SIGMOID
 from .dense import (dense_backward, dense_backward_serial, dense_forward, dense_forward_serial,
                     dense_grad, dense_grad_serial)
 from .losses import BCE, CROSS_ENTROPY, LOSS_NAMES, LOSSES, MSE, loss_sum, output_delta
-from .optim import sgd_update, sgd_update_serial
+from .optim import (adam_update, adam_update_serial, sgd_momentum_update,
+                    sgd_momentum_update_serial, sgd_update, sgd_update_serial)
 
 __all__ = [
     "IDENTITY", "SIGMOID", "TANH", "RELU", "SOFTMAX", "ACTIVATIONS", "ACTIVATION_NAMES",
@@ -31,5 +33,6 @@ __all__ = [
     "activate", "activation_grad", "softmax_row",
     "dense_forward", "dense_forward_serial", "dense_backward", "dense_backward_serial",
     "dense_grad", "dense_grad_serial", "output_delta", "loss_sum",
-    "sgd_update", "sgd_update_serial",
+    "sgd_update", "sgd_update_serial", "sgd_momentum_update", "sgd_momentum_update_serial",
+    "adam_update", "adam_update_serial",
 ]
