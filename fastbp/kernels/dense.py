@@ -41,39 +41,71 @@ def dense_forward(out, inp, weight, bias, act):
             c2 = bias[i0 + 2]
             c3 = bias[i0 + 3]
             b = 0
-            while b + 2 <= B:
-                # a 4 (units) x 2 (samples) register tile
+            while b + 4 <= B:
+                # a 4 (units) x 4 (samples) register tile: 8 loads feed 16 multiply-adds
                 x0 = inp[b]
                 x1 = inp[b + 1]
+                x2 = inp[b + 2]
+                x3 = inp[b + 3]
                 s00 = type(c0)(0.0)
                 s01 = s00
+                s02 = s00
+                s03 = s00
                 s10 = s00
                 s11 = s00
+                s12 = s00
+                s13 = s00
                 s20 = s00
                 s21 = s00
+                s22 = s00
+                s23 = s00
                 s30 = s00
                 s31 = s00
+                s32 = s00
+                s33 = s00
                 for j in range(n_in):
-                    u = x0[j]
-                    v = x1[j]
-                    s00 += w0[j] * u
-                    s01 += w0[j] * v
-                    s10 += w1[j] * u
-                    s11 += w1[j] * v
-                    s20 += w2[j] * u
-                    s21 += w2[j] * v
-                    s30 += w3[j] * u
-                    s31 += w3[j] * v
+                    u0 = x0[j]
+                    u1 = x1[j]
+                    u2 = x2[j]
+                    u3 = x3[j]
+                    v = w0[j]
+                    s00 += v * u0
+                    s01 += v * u1
+                    s02 += v * u2
+                    s03 += v * u3
+                    v = w1[j]
+                    s10 += v * u0
+                    s11 += v * u1
+                    s12 += v * u2
+                    s13 += v * u3
+                    v = w2[j]
+                    s20 += v * u0
+                    s21 += v * u1
+                    s22 += v * u2
+                    s23 += v * u3
+                    v = w3[j]
+                    s30 += v * u0
+                    s31 += v * u1
+                    s32 += v * u2
+                    s33 += v * u3
                 out[b, i0] = s00 + c0
                 out[b + 1, i0] = s01 + c0
+                out[b + 2, i0] = s02 + c0
+                out[b + 3, i0] = s03 + c0
                 out[b, i0 + 1] = s10 + c1
                 out[b + 1, i0 + 1] = s11 + c1
+                out[b + 2, i0 + 1] = s12 + c1
+                out[b + 3, i0 + 1] = s13 + c1
                 out[b, i0 + 2] = s20 + c2
                 out[b + 1, i0 + 2] = s21 + c2
+                out[b + 2, i0 + 2] = s22 + c2
+                out[b + 3, i0 + 2] = s23 + c2
                 out[b, i0 + 3] = s30 + c3
                 out[b + 1, i0 + 3] = s31 + c3
-                b += 2
-            if b < B:
+                out[b + 2, i0 + 3] = s32 + c3
+                out[b + 3, i0 + 3] = s33 + c3
+                b += 4
+            while b < B:
                 x0 = inp[b]
                 s0 = type(c0)(0.0)
                 s1 = s0
@@ -89,6 +121,7 @@ def dense_forward(out, inp, weight, bias, act):
                 out[b, i0 + 1] = s1 + c1
                 out[b, i0 + 2] = s2 + c2
                 out[b, i0 + 3] = s3 + c3
+                b += 1
             if elementwise:
                 for b in range(B):
                     for i in range(i0, i0 + 4):
