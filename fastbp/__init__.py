@@ -10,9 +10,18 @@ from . import callbacks, datasets, kernels, optim
 from ._info import show_config
 from ._threads import get_num_threads, set_num_threads, threads
 from ._warmup import warmup
+from .io import load
 from .model import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "callbacks", "datasets", "kernels", "optim", "warmup", "show_config", "set_num_threads",
-           "get_num_threads", "threads", "__version__"]
+__all__ = ["MLP", "load", "callbacks", "datasets", "kernels", "optim", "warmup", "show_config",
+           "set_num_threads", "get_num_threads", "threads", "__version__"]
+
+
+def __getattr__(name):
+    # fastbp.sklearn imports scikit-learn (an optional extra): only on first use.
+    if name == "sklearn":
+        import importlib
+        return importlib.import_module(".sklearn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
