@@ -173,6 +173,21 @@ class MLP:
                 f"output_activation={self.output_activation!r}, loss={self.loss_name!r}, "
                 f"dtype={self.dtype.name!r}, seed={self.seed!r})")
 
+    def get_config(self):
+        """The constructor arguments as plain data: ``MLP(**net.get_config())`` builds a network
+        of the same architecture (freshly initialized)."""
+        return {"layer_sizes": list(self.layer_sizes), "activation": self.activation,
+                "output_activation": self.output_activation, "loss": self.loss_name,
+                "dtype": self.dtype.name, "seed": self.seed}
+
+    # ---- persistence (fastbp.io): an .npz without pickled objects ---------------------------
+    def save(self, path):
+        """Write the network (parameters, architecture, dtype, optimizer state, history) to
+        ``path`` atomically; ``fastbp.load(path)`` restores it, and ``partial_fit`` on the
+        loaded network continues training exactly. See :mod:`fastbp.io`."""
+        from . import io
+        io.save(self, path)
+
     # ---- pickling: the views are rebuilt from the flat buffer ------------------------------
     def __getstate__(self):
         state = self.__dict__.copy()
