@@ -32,8 +32,9 @@ class History:
 
     ``history["loss"]`` is ``history.loss``; ``stopped_epoch`` is the epoch at which a callback
     stopped training (``None`` if none did); ``best_epoch`` the epoch whose weights early stopping
-    restored (``None`` if it restored none). ``to_dict()`` / ``History.from_dict()`` convert to
-    and from plain data.
+    restored (``None`` if it restored none); ``diverged_epoch`` the epoch whose loss or weights
+    became NaN or infinite when ``fit(on_divergence='stop')`` stopped there and undid it (``None``
+    if none did). ``to_dict()`` / ``History.from_dict()`` convert to and from plain data.
     """
 
     KEYS = ("epoch", "loss", "val_loss", "val_metric", "lr", "seconds", "samples_per_s")
@@ -44,6 +45,7 @@ class History:
             setattr(self, key, [])
         self.stopped_epoch = None
         self.best_epoch = None
+        self.diverged_epoch = None
 
     def append(self, **row):
         if set(row) != set(self.KEYS):
@@ -76,7 +78,7 @@ class History:
     def to_dict(self):
         out = {key: list(getattr(self, key)) for key in self.KEYS}
         out.update(metric=self.metric, stopped_epoch=self.stopped_epoch,
-                   best_epoch=self.best_epoch)
+                   best_epoch=self.best_epoch, diverged_epoch=self.diverged_epoch)
         return out
 
     @classmethod
@@ -91,6 +93,7 @@ class History:
             setattr(hist, key, [int(v) if key == "epoch" else float(v) for v in values])
         hist.stopped_epoch = data.get("stopped_epoch")
         hist.best_epoch = data.get("best_epoch")
+        hist.diverged_epoch = data.get("diverged_epoch")
         return hist
 
     def __repr__(self):

@@ -111,6 +111,10 @@ class MLP:
         self.dtype = V.check_dtype(dtype)
         self.seed = seed
         codes = [ACTIVATIONS[activation]] * (len(sizes) - 2) + [ACTIVATIONS[output_activation]]
+        pairs = list(zip(sizes[:-1], sizes[1:]))
+        n_params = sum(a * b + b for a, b in pairs)  # Python ints: no overflow
+        V.check_memory(n_params * self.dtype.itemsize + max(a * b for a, b in pairs) * 8,
+                       f"MLP({sizes}) with {n_params:,} {self.dtype.name} parameters")
         self._layout, n_params = knet.make_layout(sizes, codes)
         self._loss_code = LOSSES[loss]
         self._rng = np.random.default_rng(seed)
@@ -206,19 +210,29 @@ class MLP:
         """Targets as a C-contiguous float array (N, n_outputs). 1-D integer labels become
         one-hot rows when the network has more than one output."""
         m = self.layer_sizes[-1]
-        arr = np.asarray(Y)
+        if isinstance(Y, np.ma.MaskedArray) and np.ma.is_masked(Y):
+            raise ValueError("Y has masked entries; fill them first (Y.filled(value))")
+        try:
+            arr = np.asarray(Y)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"Y must be an array of numbers or integer labels, got "
+                            f"{type(Y).__name__}: {exc}") from None
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"Y must hold real numbers or integer labels, got dtype {arr.dtype}")
         if arr.ndim == 1 and m > 1:
             if arr.shape[0] != n_samples:
                 raise ValueError(f"Y has {arr.shape[0]} labels but X has {n_samples} samples")
-            if not np.isfinite(arr).all() or np.any(arr != np.round(arr)):
+            if arr.dtype.kind == "f" and (not np.isfinite(arr).all()
+                                          or np.any(arr != np.round(arr))):
                 raise ValueError("Y given as 1-D must hold integer class labels 0.."
                                  f"{m - 1} (the network has {m} outputs)")
+            low, high = arr.min(), arr.max()  # compared before any cast: no wrap-around
+            if low < 0 or high >= m:
+                raise ValueError(f"Y holds labels from {low} to {high}, but the network has "
+                                 f"{m} outputs (labels 0..{m - 1})")
             labels = arr.astype(np.int64)
-            if labels.min() < 0 or labels.max() >= m:
-                raise ValueError(f"Y holds labels from {labels.min()} to {labels.max()}, but "
-                                 f"the network has {m} outputs (labels 0..{m - 1})")
+            V.check_memory(n_samples * m * self.dtype.itemsize,
+                           f"one-hot targets for {n_samples:,} labels of {m:,} classes")
             out = np.zeros((n_samples, m), dtype=self.dtype)
             out[np.arange(n_samples), labels] = 1
             return out
@@ -240,7 +254,11 @@ class MLP:
     # ---- inference -------------------------------------------------------------------------
     def _forward_checked(self, X):
         chunk = min(X.shape[0], PREDICT_CHUNK)
-        acts = np.empty(chunk * knet.workspace_size(self._layout), dtype=self.dtype)
+        S = knet.workspace_size(self._layout)
+        V.check_memory((chunk * S + X.shape[0] * self.layer_sizes[-1]) * self.dtype.itemsize,
+                       f"the forward pass of {X.shape[0]:,} samples ({X.shape[0]:,} x "
+                       f"{self.layer_sizes[-1]:,} outputs, {chunk:,} x {S:,} activations)")
+        acts = np.empty(chunk * S, dtype=self.dtype)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         with kernel_scope() as min_par:
             knet.predict_into(out, X, self._params, self._layout, acts, chunk, min_par)
@@ -275,6 +293,9 @@ class MLP:
         Y = self._check_targets(Y, X.shape[0])
         B = X.shape[0]
         S = knet.workspace_size(self._layout)
+        V.check_memory((2 * B * S + self._params.shape[0]) * self.dtype.itemsize,
+                       f"gradients of a batch of {B:,} samples ({B:,} x {S:,} activations and "
+                       f"as many deltas, {self._params.shape[0]:,} gradients)")
         acts = np.empty(B * S, dtype=self.dtype)
         deltas = np.empty(B * S, dtype=self.dtype)
         grads = np.empty_like(self._params)
@@ -336,7 +357,7 @@ class MLP:
     def fit(self, X, Y, epochs=1, batch_size=1, lr=None, optimizer="sgd", shuffle=True, *,
             random_state=None, validation_data=None, validation_split=0.0, early_stopping=None,
             callbacks=(), sample_weight=None, progress=False, verbose=0, deterministic=False,
-            hogwild=False):
+            hogwild=False, on_divergence="raise"):
         """Train from the current weights by mini-batch gradient descent; returns a
         :class:`~fastbp.callbacks.History` (also kept as ``net.history_``).
 
@@ -380,6 +401,12 @@ class MLP:
             the epoch's samples, all updating the shared weights without locks. Faster on
             several cores, but not reproducible (updates of different threads may overwrite
             each other). With one thread it is the ordinary per-sample path.
+        on_divergence : what happens when an epoch ends with a NaN or infinite loss or weights.
+            Either way the epoch is undone: the weights, the optimizer state and the model's
+            generator go back to what they were when that epoch began (the last finite ones),
+            and the epoch is not recorded. ``'raise'`` (the default) then raises
+            ``FloatingPointError``; ``'stop'`` ends training quietly and sets
+            ``history.diverged_epoch`` to that epoch's number.
 
         Reproducibility: with the same seed/random_state and arguments, two fits give bitwise
         identical weights. Results change with the dtype, with the batch size, with the kernel
@@ -393,7 +420,7 @@ class MLP:
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         epochs = V.check_int("epochs", epochs, low=1)
         run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic,
-                                      hogwild)
+                                      hogwild, on_divergence)
         opt = _optim.make_optimizer(optimizer, lr=lr)
         if run["hogwild"] and (run["batch_size"] != 1 or not opt.is_plain_sgd()
                                or sw is not None or run["progress"]):
@@ -435,7 +462,7 @@ class MLP:
 
     def partial_fit(self, X, Y, *, batch_size=1, lr=None, optimizer=None, shuffle=True,
                     sample_weight=None, validation_data=None, callbacks=(), progress=False,
-                    verbose=0, deterministic=False):
+                    verbose=0, deterministic=False, on_divergence="raise"):
         """One epoch over (X, Y) that continues the training state; returns ``self``.
 
         The optimizer in ``net.optimizer_`` continues (its moments, step and epoch counters, the
@@ -453,13 +480,14 @@ class MLP:
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
         sw = self._check_sample_weight(sample_weight, X.shape[0])
-        run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic)
-        current = self.optimizer_
+        run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic,
+                                      on_divergence=on_divergence)
+        current, new_lr = self.optimizer_, None
         if optimizer is None:
             if current is None:
                 current = _optim.make_optimizer("sgd", lr=lr)
-            elif lr is not None:
-                current.lr = _optim._check_real("lr", lr, low=0.0, low_open=True)
+            elif lr is not None:  # set below, once every argument has passed its checks
+                new_lr = _optim._check_real("lr", lr, low=0.0, low_open=True)
         else:
             new = _optim.make_optimizer(optimizer, lr=lr)
             if current is None or new.get_config() != current.get_config():
@@ -468,6 +496,8 @@ class MLP:
         if validation_data is not None:
             val = self._check_validation_data(validation_data)
         callbacks = make_callbacks(callbacks, None)
+        if new_lr is not None:
+            current.lr = new_lr
         self.optimizer_ = current
         if self.history_ is None:
             self.history_ = History(self.metric_name)
@@ -555,7 +585,7 @@ class MLP:
         return Xv, Yv, swv
 
     def _check_run_options(self, batch_size, shuffle, progress, verbose, deterministic,
-                           hogwild=False):
+                           hogwild=False, on_divergence="raise"):
         batch_size = V.check_int("batch_size", batch_size, low=1)
         for name, value in (("shuffle", shuffle), ("progress", progress),
                             ("deterministic", deterministic), ("hogwild", hogwild)):
@@ -563,12 +593,13 @@ class MLP:
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         if not isinstance(verbose, (bool, np.bool_)):
             V.check_int("verbose", verbose, low=0)
+        V.check_choice("on_divergence", on_divergence, ("raise", "stop"))
         return {"batch_size": batch_size, "shuffle": bool(shuffle), "progress": bool(progress),
                 "verbose": int(verbose), "deterministic": bool(deterministic),
-                "hogwild": bool(hogwild)}
+                "hogwild": bool(hogwild), "on_divergence": on_divergence}
 
     def _train(self, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, verbose,
-               deterministic, hogwild):
+               deterministic, hogwild, on_divergence):
         """The epoch loop shared by ``fit`` and ``partial_fit``; everything is allocated here,
         once, before the first epoch."""
         opt, hist = self.optimizer_, self.history_
@@ -586,6 +617,7 @@ class MLP:
         B = min(batch_size, N)
         S = knet.workspace_size(layout)
         fast = opt.is_plain_sgd() and sw is None
+        self._check_training_memory(N, B, S, fast, sw is not None, val, progress, hogwild, opt)
         grads = np.empty_like(params)
         xbuf = np.empty(B * self.layer_sizes[0], dtype=dtype)
         ybuf = np.empty(B * self.layer_sizes[-1], dtype=dtype)
@@ -598,6 +630,8 @@ class MLP:
         wbuf = np.empty(B if sw is not None else 0, dtype=dtype)
         wtotal = float(N) if sw is None else float(sw.sum(dtype=np.float64))
         kind, hp, s1, s2 = opt.kernel_args(params.shape[0], dtype)
+        # The state at the start of each epoch, put back if the epoch diverges.
+        snap_params, snap_s1, snap_s2 = np.empty_like(params), np.empty_like(s1), np.empty_like(s2)
         # An epoch runs in one kernel call, or in PROGRESS_UPDATES pieces to draw a bar.
         n_batches = -(-N // B)
         seg = N if not progress else B * -(-n_batches // PROGRESS_UPDATES)
@@ -621,6 +655,10 @@ class MLP:
             with kernel_scope(deterministic) as min_par:
                 for _ in range(epochs):
                     lr = opt.current_lr()
+                    snap_params[...] = params
+                    snap_s1[...] = s1
+                    snap_s2[...] = s2
+                    snap_step, snap_rng = opt.step_count, self._rng.bit_generator.state
                     if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
                         order[:] = identity  # one epoch then equal one run of k epochs
                         self._rng.shuffle(order)
@@ -666,6 +704,22 @@ class MLP:
                         opt.step_count = step
                         loss = float(total) / wtotal
                     seconds = time.perf_counter() - t0
+                    if not math.isfinite(loss) or V._first_nonfinite(params) >= 0:
+                        params[...] = snap_params  # the last finite state
+                        s1[...] = snap_s1
+                        s2[...] = snap_s2
+                        opt.step_count = snap_step
+                        self._rng.bit_generator.state = snap_rng
+                        epoch = self.n_epochs_ + 1
+                        if on_divergence == "stop":
+                            hist.diverged_epoch = epoch
+                            break
+                        what = "loss" if not math.isfinite(loss) else "weights"
+                        raise FloatingPointError(
+                            f"training diverged in epoch {epoch} (lr {lr:g}): the {what} became "
+                            "NaN or infinite. The weights and optimizer state are those from "
+                            "before that epoch (the last finite ones); lower the learning rate "
+                            "or scale the inputs (fit(..., on_divergence='stop') stops quietly)")
                     self.n_epochs_ += 1
                     self.n_steps_ += steps
                     self.loss_curve_.append(loss)
@@ -679,10 +733,6 @@ class MLP:
                            "samples_per_s": N / seconds if seconds > 0 else math.inf}
                     hist.append(**row)
                     show.end_epoch(row)
-                    if not np.isfinite(params).all():
-                        raise FloatingPointError(
-                            f"training diverged in epoch {self.n_epochs_} (lr {lr:g}): the weights "
-                            "are no longer finite; lower the learning rate or scale the inputs")
                     opt.end_epoch({"loss": loss, "lr": lr,
                                    "val_loss": None if val is None else val_loss})
                     stop_now = False
@@ -695,6 +745,21 @@ class MLP:
             show.close()
         for cb in callbacks:
             cb.on_train_end(self, hist)
+
+    def _check_training_memory(self, N, B, S, fast, weighted, val, progress, hogwild, opt):
+        """MemoryError, before anything is allocated, if ``_train``'s buffers cannot fit."""
+        P, n0, m = self._params.shape[0], self.layer_sizes[0], self.layer_sizes[-1]
+        n_buf = len(opt._needed_buffers())
+        fresh = sum(1 for k in opt._needed_buffers() if opt._state.get(k) is None)
+        elems = (P * (2 + n_buf + fresh)  # gradients, snapshots, new optimizer state
+                 + B * (n0 + m) + max(B, 2) * S + B * S + (B if weighted else 0)
+                 + (N * (n0 + m) if fast and progress else 0)
+                 + (3 * S * max(1, min(get_num_threads(), N)) if hogwild else 0))
+        if val is not None:
+            elems += val[0].shape[0] * m + min(val[0].shape[0], PREDICT_CHUNK) * S
+        V.check_memory(elems * self.dtype.itemsize + 16 * N,
+                       f"training {self.layer_sizes} ({P:,} parameters) on {N:,} samples in "
+                       f"batches of {B:,} ({S:,} activations per sample)")
 
 
 def _r2(pred, Y, sw):

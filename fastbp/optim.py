@@ -40,7 +40,10 @@ def _check_real(name, value, low=None, high=None, low_open=False, high_open=Fals
     """A finite real number within [low, high] (or open ends); returns a Python float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float64's range
+        value = math.inf
     ok = math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
@@ -417,10 +420,17 @@ class Optimizer:
         """One update of the flat buffer ``params`` (1-D, float32 or float64, C-contiguous,
         changed in place) by ``grads`` (same shape and dtype), at the current epoch's lr."""
         for name, arr in (("params", params), ("grads", grads)):
-            if not isinstance(arr, np.ndarray) or arr.ndim != 1 or arr.dtype.kind != "f":
-                raise TypeError(f"{name} must be a 1-D float32 or float64 NumPy array")
+            if not isinstance(arr, np.ndarray) or arr.ndim != 1 \
+                    or arr.dtype.name not in ("float32", "float64"):
+                what = (f"a {arr.ndim}-D {arr.dtype} array" if isinstance(arr, np.ndarray)
+                        else type(arr).__name__)
+                raise TypeError(f"{name} must be a 1-D float32 or float64 NumPy array, got "
+                                f"{what}")
             if not arr.flags.c_contiguous:
                 raise ValueError(f"{name} must be C-contiguous")
+            if not arr.dtype.isnative or not arr.flags.aligned:
+                raise ValueError(f"{name} must be aligned and in the machine's byte order, got "
+                                 f"dtype {arr.dtype.str}, aligned={arr.flags.aligned}")
         if not params.flags.writeable:
             raise ValueError("params must be writable (it is updated in place)")
         V.check_dtype(params.dtype)
@@ -429,6 +439,8 @@ class Optimizer:
                              f"{grads.shape} {grads.dtype}")
         if not np.isfinite(grads).all():
             raise ValueError("grads contains NaN or infinity")
+        if not grads.flags.writeable:  # read only: one compiled kernel type for grads
+            grads = grads.copy()
         kind, hp, s1, s2 = self.kernel_args(params.shape[0], params.dtype)
         self.step_count += 1
         with kernel_scope() as min_par:

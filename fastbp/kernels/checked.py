@@ -2,17 +2,19 @@
 
 The kernels in :mod:`fastbp.kernels` trust their arguments (numba does not bounds-check: a wrong
 shape reads or writes outside an array). These wrappers check everything first (dimensions,
-shapes against each other, one floating dtype, C-contiguity, writable outputs that do not
-overlap the inputs, finite scalars, valid codes) and raise ``ValueError``/``TypeError`` naming
-the argument. Use them from Python; call the raw kernels from your own ``@njit`` code.
+shapes against each other, one floating dtype in native byte order, aligned C-contiguous
+memory, writable outputs that do not overlap the inputs, finite inputs and scalars, valid codes
+and loss/activation pairs) and raise ``ValueError``/``TypeError`` naming the argument. Use them
+from Python; call the raw kernels from your own ``@njit`` code.
 """
 import numbers
 
 import numpy as np
 
+from .. import _validation as V
 from . import dense, losses, optim
-from .activations import ACTIVATION_NAMES, SOFTMAX
-from .losses import LOSS_NAMES
+from .activations import ACTIVATION_NAMES, SIGMOID, SOFTMAX
+from .losses import BCE, CROSS_ENTROPY, LOSS_NAMES, MSE
 
 
 def _arrays(dtype=None, **named):
@@ -28,7 +30,16 @@ def _arrays(dtype=None, **named):
             raise TypeError(f"{name} has dtype {a.dtype}, but the other arrays are {dtype}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray)")
+        if not a.flags.aligned:
+            raise ValueError(f"{name} is not aligned to its dtype (np.ascontiguousarray of a "
+                             "copy)")
     return dtype
+
+
+def _finite(**named):
+    """ValueError if an input array holds NaN or infinity."""
+    for name, a in named.items():
+        V.check_finite(name, a)
 
 
 def _ndim(name, a, ndim):
@@ -60,9 +71,16 @@ def _code(name, value, names):
 
 
 def _scalar(name, value, dtype):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
-            or not np.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite real number, got {value!r} "
+                        f"({type(value).__name__})")
+    try:
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(float(value)) and np.isfinite(dtype.type(value))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a finite real number (in {dtype}), got {value!r}")
     return dtype.type(value)
 
 
@@ -79,7 +97,11 @@ def dense_forward(out, inp, weight, bias, act):
     _shape("bias", bias, (n_out,))
     _shape("out", out, (B, n_out))
     act = _code("act", act, ACTIVATION_NAMES)
+    if act == SOFTMAX and n_out == 0:
+        raise ValueError("act=4 (softmax) needs at least one output unit; weight has shape "
+                         f"{weight.shape}")
     _outputs({"out": out}, {"inp": inp, "weight": weight, "bias": bias})
+    _finite(inp=inp, weight=weight, bias=bias)
     dense.dense_forward(out, inp, weight, bias, act)
     return out
 
@@ -99,6 +121,7 @@ def dense_backward(dinp, dout, weight, inp, act):
         raise ValueError("act must be an element-wise activation; softmax is only used on the "
                          "output layer, whose delta comes from output_delta")
     _outputs({"dinp": dinp}, {"dout": dout, "weight": weight, "inp": inp})
+    _finite(dout=dout, weight=weight, inp=inp)
     dense.dense_backward(dinp, dout, weight, inp, act)
     return dinp
 
@@ -116,6 +139,11 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     _outputs({"dweight": dweight, "dbias": dbias}, {"dout": dout, "inp": inp})
     if np.shares_memory(dweight, dbias):
         raise ValueError("dweight overlaps dbias")
+    if not isinstance(accumulate, (bool, np.bool_)):
+        raise TypeError(f"accumulate must be True or False, got {accumulate!r}")
+    _finite(dout=dout, inp=inp)
+    if accumulate:  # dweight and dbias are read too
+        _finite(dweight=dweight, dbias=dbias)
     dense.dense_grad(dweight, dbias, dout, inp, _scalar("scale", scale, dtype),
                      bool(accumulate))
     return dweight, dbias
@@ -129,7 +157,14 @@ def output_delta(delta, out, target, loss, act):
     _shape("delta", delta, out.shape)
     loss = _code("loss", loss, LOSS_NAMES)
     act = _code("act", act, ACTIVATION_NAMES)
+    required = {BCE: SIGMOID, CROSS_ENTROPY: SOFTMAX}.get(loss)
+    if (required is not None and act != required) or (loss == MSE and act == SOFTMAX):
+        need = "an element-wise activation (not softmax)" if required is None else \
+            f"act={required} ({ACTIVATION_NAMES[required]})"
+        raise ValueError(f"loss={loss} ({LOSS_NAMES[loss]}) needs {need}; got act={act} "
+                         f"({ACTIVATION_NAMES[act]})")
     _outputs({"delta": delta}, {"out": out, "target": target})
+    _finite(out=out, target=target)
     losses.output_delta(delta, out, target, loss, act)
     return delta
 
@@ -139,7 +174,9 @@ def loss_sum(out, target, loss):
     _arrays(out=out, target=target)
     _ndim("out", out, 2)
     _shape("target", target, out.shape)
-    return float(losses.loss_sum(out, target, _code("loss", loss, LOSS_NAMES)))
+    loss = _code("loss", loss, LOSS_NAMES)
+    _finite(out=out, target=target)
+    return float(losses.loss_sum(out, target, loss))
 
 
 def sgd_update(params, grads, lr):
@@ -148,5 +185,6 @@ def sgd_update(params, grads, lr):
     _ndim("params", params, 1)
     _shape("grads", grads, params.shape)
     _outputs({"params": params}, {"grads": grads})
+    _finite(params=params, grads=grads)
     optim.sgd_update(params, grads, _scalar("lr", lr, dtype))
     return params
