@@ -441,20 +441,29 @@ class MLP:
         callbacks = make_callbacks(callbacks, early_stopping)
         if random_state is not None:
             V.check_int("random_state", random_state, low=0)
-            self._rng = np.random.default_rng(random_state)
-        if validation_split > 0:
-            N = X.shape[0]
-            n_val = math.ceil(N * validation_split)
-            if n_val >= N:
-                raise ValueError(f"validation_split={validation_split} leaves no training "
-                                 f"samples out of {N}")
-            perm = self._rng.permutation(N)
-            vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-            val = (X[vi], Y[vi], None if sw is None else sw[vi])
-            X, Y, sw = X[ti], Y[ti], (None if sw is None else sw[ti])
-            if sw is not None and not sw.sum() > 0:
-                raise ValueError("sample_weight is zero on every training sample left after "
-                                 "validation_split")
+        # The generator becomes the model's only once every check has passed: a rejected call
+        # leaves the model's state (generator included) as it was.
+        rng = self._rng if random_state is None else np.random.default_rng(random_state)
+        rng_state = rng.bit_generator.state
+        try:
+            if validation_split > 0:
+                N = X.shape[0]
+                n_val = math.ceil(N * validation_split)
+                if n_val >= N:
+                    raise ValueError(f"validation_split={validation_split} leaves no training "
+                                     f"samples out of {N}")
+                perm = rng.permutation(N)
+                vi, ti = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+                val = (X[vi], Y[vi], None if sw is None else sw[vi])
+                X, Y, sw = X[ti], Y[ti], (None if sw is None else sw[ti])
+                if sw is not None and not sw.sum() > 0:
+                    raise ValueError("sample_weight is zero on every training sample left "
+                                     "after validation_split")
+            self._check_training(X, sw, val, callbacks, opt, run)
+        except BaseException:
+            rng.bit_generator.state = rng_state
+            raise
+        self._rng = rng
         self.optimizer_ = opt
         self.history_ = History(self.metric_name)
         self._train(X, Y, sw, val, epochs, callbacks, **run)
@@ -496,6 +505,7 @@ class MLP:
         if validation_data is not None:
             val = self._check_validation_data(validation_data)
         callbacks = make_callbacks(callbacks, None)
+        self._check_training(X, sw, val, callbacks, current, run)
         if new_lr is not None:
             current.lr = new_lr
         self.optimizer_ = current
@@ -603,21 +613,11 @@ class MLP:
         """The epoch loop shared by ``fit`` and ``partial_fit``; everything is allocated here,
         once, before the first epoch."""
         opt, hist = self.optimizer_, self.history_
-        if val is None:
-            needs = [f"EarlyStopping(monitor={cb.monitor!r})" for cb in callbacks
-                     if isinstance(cb, EarlyStopping) and cb.monitor.startswith("val")]
-            if isinstance(opt.schedule, _optim.ReduceLROnPlateau) and \
-                    opt.schedule.monitor == "val_loss":
-                needs.append("ReduceLROnPlateau(monitor='val_loss')")
-            if needs:
-                raise ValueError(f"{needs[0]} needs validation data: give validation_data or "
-                                 "validation_split")
         params, layout, code, dtype = self._params, self._layout, self._loss_code, self.dtype
         N = X.shape[0]
         B = min(batch_size, N)
         S = knet.workspace_size(layout)
         fast = opt.is_plain_sgd() and sw is None
-        self._check_training_memory(N, B, S, fast, sw is not None, val, progress, hogwild, opt)
         grads = np.empty_like(params)
         xbuf = np.empty(B * self.layer_sizes[0], dtype=dtype)
         ybuf = np.empty(B * self.layer_sizes[-1], dtype=dtype)
@@ -746,9 +746,25 @@ class MLP:
         for cb in callbacks:
             cb.on_train_end(self, hist)
 
-    def _check_training_memory(self, N, B, S, fast, weighted, val, progress, hogwild, opt):
-        """MemoryError, before anything is allocated, if ``_train``'s buffers cannot fit."""
+    def _check_training(self, X, sw, val, callbacks, opt, run):
+        """The checks that need the whole training setup, made before ``fit``/``partial_fit``
+        change any state: validation data for the callbacks and schedule that watch it, and
+        the memory of ``_train``'s buffers (``MemoryError`` before anything is allocated)."""
+        if val is None:
+            needs = [f"EarlyStopping(monitor={cb.monitor!r})" for cb in callbacks
+                     if isinstance(cb, EarlyStopping) and cb.monitor.startswith("val")]
+            if isinstance(opt.schedule, _optim.ReduceLROnPlateau) and \
+                    opt.schedule.monitor == "val_loss":
+                needs.append("ReduceLROnPlateau(monitor='val_loss')")
+            if needs:
+                raise ValueError(f"{needs[0]} needs validation data: give validation_data or "
+                                 "validation_split")
+        N = X.shape[0]
         P, n0, m = self._params.shape[0], self.layer_sizes[0], self.layer_sizes[-1]
+        B = min(run["batch_size"], N)
+        S = knet.workspace_size(self._layout)
+        fast = opt.is_plain_sgd() and sw is None
+        weighted, progress, hogwild = sw is not None, run["progress"], run["hogwild"]
         n_buf = len(opt._needed_buffers())
         fresh = sum(1 for k in opt._needed_buffers() if opt._state.get(k) is None)
         elems = (P * (2 + n_buf + fresh)  # gradients, snapshots, new optimizer state

@@ -673,6 +673,9 @@ CHECKED_BAD = [
     (C.dense_forward, lambda: _with(_ok_forward, act=9), ValueError,
      ["act", "0 (identity)", "4 (softmax)", "9"]),
     (C.dense_forward, lambda: _with(_ok_forward, act="sigmoid"), ValueError, ["act"]),
+    (C.dense_forward, lambda: _with(_ok_forward, out=np.zeros((3, 0)), weight=np.ones((0, 4)),
+                                    bias=np.zeros(0), act=SOFTMAX), ValueError,
+     ["softmax", "at least one output unit"]),
     (C.dense_forward, lambda: _with(_ok_forward, act=True), ValueError, ["act"]),
     (C.dense_backward, lambda: _with(_ok_backward, act=SOFTMAX), ValueError,
      ["act", "element-wise"]),
@@ -816,3 +819,52 @@ def test_weight_assignment_is_checked():
     with raises(TypeError, "one layer at a time"):
         net.weights[0:1] = [np.zeros((6, 4))]
     assert np.array_equal(net.params, before)
+
+
+def test_predict_proba_needs_a_classifier(rng):
+    net = fastbp.MLP([4, 3, 2], loss="mse")
+    with raises(ValueError, "predict_proba", "classification", "'mse'"):
+        net.predict_proba(rng.standard_normal((3, 4)))
+
+
+def test_fit_rejected_by_its_late_checks_changes_nothing(rng, monkeypatch):
+    """Checks that need the whole setup (validation data for EarlyStopping, the training
+    memory, the sample weights left after validation_split) still run before any state
+    changes: the generator, the optimizer and the history stay as they were."""
+    X, y = data(rng, N=10)
+    net = ce_net()
+    net.partial_fit(X, y, optimizer="adam", lr=0.01)
+
+    def snapshot():
+        return (net.params.copy(), net.rng_state, net.optimizer_, net.history_,
+                net.optimizer_.state_arrays(), net.optimizer_.lr)
+
+    def same(a, b):
+        assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+        assert a[2] is b[2] and a[3] is b[3] and a[5] == b[5]
+        assert all(np.array_equal(a[4][k], b[4][k]) for k in a[4])
+
+    before = snapshot()
+    with raises(ValueError, "EarlyStopping(monitor='val_loss')", "validation data"):
+        net.fit(X, y, early_stopping=fastbp.callbacks.EarlyStopping(monitor="val_loss"))
+    with raises(ValueError, "EarlyStopping(monitor='val_loss')"):
+        net.partial_fit(X, y, lr=0.5, callbacks=[
+            fastbp.callbacks.EarlyStopping(monitor="val_loss")])
+    same(before, snapshot())
+    # the one training sample left by validation_split=0.9 gets weight zero
+    probe = np.random.default_rng()
+    probe.bit_generator.state = net.rng_state
+    left = probe.permutation(10)[9]
+    sw = np.ones(10)
+    sw[left] = 0
+    with raises(ValueError, "sample_weight is zero", "validation_split"):
+        net.fit(X, y, validation_split=0.9, sample_weight=sw)
+    same(before, snapshot())
+    monkeypatch.setattr(V, "SMALL_BYTES", 0)
+    monkeypatch.setattr(V, "available_memory", lambda: 1000)
+    with raises(MemoryError, "training", "5 samples"):  # the other 5 validate
+        net.fit(X, y, validation_split=0.5)
+    with raises(MemoryError, "training"):
+        net.partial_fit(X, y, lr=0.5)
+    monkeypatch.undo()
+    same(before, snapshot())
