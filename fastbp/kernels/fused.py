@@ -21,22 +21,21 @@ sample's deltas, which are also the pending updates.
 import numpy as np
 from numba import prange
 
-from .._config import jit
+from .._config import jit, jit_pair
 from .activations import IDENTITY, SOFTMAX, activate, activation_grad, softmax_row
 from .losses import MSE, loss_sum
 from .layout import ACT, N_OUT, layer_params
 
 
-@jit()
 def forward_pending_update(out, a_in, weight, bias, dprev, aprev, lr, act):
     """``W -= lr dprev aprev^T``, ``b -= lr dprev`` (the previous sample's step), then
-    ``out = f(W a_in + b)``, in one sweep over ``W``.
+    ``out = f(W a_in + b)``, in one sweep over ``W``. Threads own whole rows.
 
     out (n_out,), a_in (n_in,), weight (n_out, n_in), bias (n_out,), dprev (n_out,) the pending
     delta, aprev (n_in,) the pending input, lr of the arrays' dtype, act: activation code.
     """
     n_out, n_in = weight.shape
-    for i in range(n_out):
+    for i in prange(n_out):
         c = lr * dprev[i]
         w = weight[i]
         s = type(lr)(0.0)
@@ -49,6 +48,9 @@ def forward_pending_update(out, a_in, weight, bias, dprev, aprev, lr, act):
         out[i] = z if act == SOFTMAX else activate(z, act)
     if act == SOFTMAX:
         softmax_row(out)
+
+
+forward_pending_update_serial, forward_pending_update = jit_pair(forward_pending_update)
 
 
 @jit()
@@ -90,12 +92,13 @@ def slot(buf, layout, l):
 
 
 @jit()
-def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, deltas):
+def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, deltas, min_par):
     """Per-sample SGD over ``X[order[start:stop]]``; returns the sum of the per-sample losses,
     each measured before its own update.
 
     params (P,) flat parameters (updated in place), X (N, n_0), Y (N, n_L), order (N,) int64,
-    lr of params' dtype, layout (L, 5), loss code, acts (2, S) and deltas (S,) workspaces.
+    lr of params' dtype, layout (L, 5), loss code, acts (2, S) and deltas (S,) workspaces;
+    a layer with at least ``min_par`` weights shares its forward sweep among the threads.
     """
     L = layout.shape[0]
     m = Y.shape[1]
@@ -114,8 +117,12 @@ def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, del
         for l in range(L):
             w, b = layer_params(params, layout, l)
             out = slot(cur, layout, l)
-            forward_pending_update(out, a_in, w, b, slot(deltas, layout, l), a_prev_in, lr,
-                                   layout[l, ACT])
+            if w.shape[0] * w.shape[1] >= min_par:
+                forward_pending_update(out, a_in, w, b, slot(deltas, layout, l), a_prev_in, lr,
+                                       layout[l, ACT])
+            else:
+                forward_pending_update_serial(out, a_in, w, b, slot(deltas, layout, l),
+                                              a_prev_in, lr, layout[l, ACT])
             a_in = out
             a_prev_in = slot(old, layout, l)
         # loss, output delta, delta propagation (the updates stay pending)
@@ -160,5 +167,5 @@ def sgd_hogwild(params, X, Y, order, lr, layout, loss, acts, deltas):
         stop = (N * (k + 1)) // T
         if stop > start:
             totals[k] = sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss,
-                                       acts[k], deltas[k])
+                                       acts[k], deltas[k], np.iinfo(np.int64).max)
     return totals.sum()

@@ -149,7 +149,7 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     if batch_size == 1:
         S = workspace_size(layout)
         return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
-                              acts[:2 * S].reshape((2, S)), deltas[:S]) / N
+                              acts[:2 * S].reshape((2, S)), deltas[:S], min_par) / N
     total = 0.0
     for start in range(0, N, batch_size):
         B = min(batch_size, N - start)
