@@ -15,6 +15,10 @@ from .model import MLP
 
 __version__ = "0.1.0"
 
+from . import _cache  # noqa: E402  (after every kernel module is imported)
+
+_cache.ensure()
+
 __all__ = ["MLP", "load", "callbacks", "datasets", "kernels", "optim", "warmup", "show_config",
            "set_num_threads", "get_num_threads", "threads", "__version__"]
 

@@ -200,6 +200,12 @@ class MLP:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        # Unpickling can hand back read-only arrays (joblib and scikit-learn load them as
+        # read-only memory maps): the kernels write the parameters, and take one array type.
+        for name in ("_params", "_layout"):
+            arr = getattr(self, name)
+            if not (arr.flags.writeable and arr.flags.c_contiguous and arr.flags.aligned):
+                setattr(self, name, np.array(arr, order="C", copy=True))
         self._make_views()
 
     # ---- inputs ----------------------------------------------------------------------------

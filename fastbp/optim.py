@@ -319,6 +319,9 @@ class Optimizer:
             elif buf.dtype != dtype:
                 raise TypeError(f"optimizer state {key!r} is {buf.dtype}, but the network's "
                                 f"parameters are {dtype}")
+            elif not (buf.flags.writeable and buf.flags.c_contiguous and buf.flags.aligned):
+                # e.g. unpickled as a read-only memory map: the kernels write it
+                self._state[key] = np.array(buf, order="C", copy=True)
 
     def _needed_buffers(self):
         return self._buffers

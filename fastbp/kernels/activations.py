@@ -6,8 +6,11 @@ identity ``1``. Softmax is only used on the output layer, paired with cross-entr
 output delta is ``a - y`` and its Jacobian is never needed.
 """
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 
-from .._config import jit
+from .._config import FASTMATH, jit
 
 IDENTITY = 0
 SIGMOID = 1
@@ -20,12 +23,59 @@ ACTIVATIONS = {"identity": IDENTITY, "sigmoid": SIGMOID, "tanh": TANH, "relu": R
 ACTIVATION_NAMES = {code: name for name, code in ACTIVATIONS.items()}
 
 
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bit pattern is the low 32 bits of the integer ``bits``."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if bits.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+    return types.float32(bits), codegen
+
+
+def fast_exp(x):
+    """``exp(x)`` that the compiler can vectorize (for use inside ``@njit`` code).
+
+    float32: Cody-Waite range reduction ``x = n ln2 + g``, a degree-7 polynomial for ``e^g``,
+    and ``2^n`` built from its bit pattern; relative error below 3.1e-7 (about 2.5 ulp) for
+    ``x`` in [-87.33, 88.37]; 0 below (no denormals), infinity above (exp(88.72) is the
+    largest float32: the top 0.4 overflow early), NaN for NaN.
+    libm's scalar ``expf`` is a function call that stops a loop from vectorizing, and it
+    dominated the cost of small sigmoid networks. float64: ``np.exp``, unchanged.
+    """
+    return np.exp(x)
+
+
+@overload(fast_exp, jit_options={"fastmath": set(FASTMATH)})
+def _fast_exp(x):
+    if x != types.float32:
+        return lambda x: np.exp(x)
+
+    def impl(x):
+        lo, hi = np.float32(-87.33), np.float32(88.37)
+        c = min(max(x, lo), hi)
+        n = np.floor(c * np.float32(1.4426950408889634) + np.float32(0.5))
+        g = (c - n * np.float32(0.693145751953125)) - n * np.float32(1.428606765330187e-06)
+        p = np.float32(1.0) + g * (np.float32(1.0) + g * (np.float32(0.5) + g * (
+            np.float32(1.0 / 6) + g * (np.float32(1.0 / 24) + g * (np.float32(1.0 / 120) + g * (
+                np.float32(1.0 / 720) + g * np.float32(1.0 / 5040)))))))
+        r = p * _float32_from_bits((np.int64(n) + 127) << 23)
+        r = np.float32(0.0) if x < lo else r  # underflow (flushed to zero)
+        r = np.float32(np.inf) if x > hi else r  # overflow
+        return x if x != x else r  # NaN
+    return impl
+
+
 @jit()
 def activate(z, act):
     """``f(z)`` for one scalar (float32 or float64; constants take its type) ``z`` and an element-wise activation code (not softmax)."""
     one = type(z)(1.0)
     if act == SIGMOID:
-        return one / (one + np.exp(-z))
+        return one / (one + fast_exp(-z))
     elif act == TANH:
         return np.tanh(z)
     elif act == RELU:
@@ -56,9 +106,29 @@ def softmax_row(a):
             mx = a[k]
     s = a.dtype.type(0.0)
     for k in range(m):
-        e = np.exp(a[k] - mx)
+        e = fast_exp(a[k] - mx)
         a[k] = e
         s += e
     inv = a.dtype.type(1.0) / s
     for k in range(m):
         a[k] *= inv
+
+
+@jit()
+def activate_row(a, act):
+    """In place: ``a <- f(a)`` for one row ``a (n,)``; softmax included. One loop per
+    activation, so that the compiler vectorizes it."""
+    n = a.shape[0]
+    one = a.dtype.type(1.0)
+    if act == SIGMOID:
+        for k in range(n):
+            a[k] = one / (one + fast_exp(-a[k]))
+    elif act == TANH:
+        for k in range(n):
+            a[k] = np.tanh(a[k])
+    elif act == RELU:
+        zero = a.dtype.type(0.0)
+        for k in range(n):
+            a[k] = max(a[k], zero)
+    elif act == SOFTMAX:
+        softmax_row(a)

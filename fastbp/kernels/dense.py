@@ -12,7 +12,7 @@ does not depend on the number of threads.
 from numba import prange
 
 from .._config import jit_pair
-from .activations import IDENTITY, SOFTMAX, activate, activation_grad, softmax_row
+from .activations import IDENTITY, activate_row, activation_grad
 
 # Column chunk for the kernels that stream along the input dimension: 4 rows of this many
 # float64 stay in L1 while the other loop runs over them.
@@ -23,11 +23,10 @@ def dense_forward(out, inp, weight, bias, act):
     """out = f(inp W^T + b), i.e. ``(z)_bi = sum_j W_ij x_bj + b_i`` and ``out_bi = f(z_bi)``.
 
     out (B, n_out), inp (B, n_in), weight (n_out, n_in), bias (n_out,), act: activation code
-    (softmax is applied row-wise once all sums are done).
+    (applied row by row once all sums are done, in loops the compiler vectorizes).
     """
     B, n_in = inp.shape
     n_out = weight.shape[0]
-    elementwise = act != SOFTMAX
     n_blk = (n_out + 3) // 4
     for t in prange(n_blk):
         i0 = 4 * t
@@ -122,10 +121,6 @@ def dense_forward(out, inp, weight, bias, act):
                 out[b, i0 + 2] = s2 + c2
                 out[b, i0 + 3] = s3 + c3
                 b += 1
-            if elementwise:
-                for b in range(B):
-                    for i in range(i0, i0 + 4):
-                        out[b, i] = activate(out[b, i], act)
         else:
             for i in range(i0, n_out):
                 w = weight[i]
@@ -134,11 +129,10 @@ def dense_forward(out, inp, weight, bias, act):
                     s = type(bias[i])(0.0)
                     for j in range(n_in):
                         s += w[j] * x[j]
-                    z = s + bias[i]
-                    out[b, i] = activate(z, act) if elementwise else z
-    if not elementwise:
+                    out[b, i] = s + bias[i]
+    if act != IDENTITY:
         for b in prange(B):
-            softmax_row(out[b])
+            activate_row(out[b], act)
 
 
 def dense_backward(dinp, dout, weight, inp, act):

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from .._config import jit, jit_pair
-from .activations import IDENTITY, SOFTMAX, activate, activation_grad, softmax_row
+from .activations import IDENTITY, activate_row, activation_grad
 from .losses import MSE, loss_sum
 from .layout import ACT, N_OUT, layer_params
 
@@ -44,10 +44,8 @@ def forward_pending_update(out, a_in, weight, bias, dprev, aprev, lr, act):
             w[j] = v
             s += v * a_in[j]
         bias[i] -= c
-        z = s + bias[i]
-        out[i] = z if act == SOFTMAX else activate(z, act)
-    if act == SOFTMAX:
-        softmax_row(out)
+        out[i] = s + bias[i]
+    activate_row(out, act)
 
 
 forward_pending_update_serial, forward_pending_update = jit_pair(forward_pending_update)
@@ -127,14 +125,19 @@ def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, del
             a_prev_in = slot(old, layout, l)
         # loss, output delta, delta propagation (the updates stay pending)
         out = slot(cur, layout, L - 1)
-        total += loss_sum(out.reshape((1, m)), y.reshape((1, m)), loss)
         d = slot(deltas, layout, L - 1)
         act = layout[L - 1, ACT]
-        for k in range(m):
-            r = out[k] - y[k]
-            if loss == MSE:
-                r *= activation_grad(out[k], act)
-            d[k] = r
+        if loss == MSE:  # loss and delta in one pass (the loss as loss_sum computes it)
+            s = 0.0
+            for k in range(m):
+                e = np.float64(out[k]) - np.float64(y[k])
+                s += 0.5 * e * e
+                d[k] = (out[k] - y[k]) * activation_grad(out[k], act)
+            total += s
+        else:
+            total += loss_sum(out.reshape((1, m)), y.reshape((1, m)), loss)
+            for k in range(m):
+                d[k] = out[k] - y[k]
         for l in range(L - 1, 0, -1):
             w, _ = layer_params(params, layout, l)
             d_prev = slot(deltas, layout, l - 1)
