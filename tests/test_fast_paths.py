@@ -1,0 +1,152 @@
+"""The speed-motivated parts of fastbp, checked for correctness (never for speed):
+the vectorizable exp, the threaded per-sample path, Hogwild, allocation-free training steps,
+ahead-of-time warm-up and the compile-cache bookkeeping."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _cache, _config
+from fastbp.kernels import fused, network as knet
+from fastbp.kernels.activations import fast_exp
+
+
+
+@numba.njit
+def _exp_all(x):
+    out = np.empty_like(x)
+    for k in range(x.shape[0]):
+        out[k] = fast_exp(x[k])
+    return out
+
+
+def test_fast_exp_float32_accuracy_and_edges():
+    x = np.linspace(-87.3, 88.3, 200_001).astype(np.float32)
+    got = _exp_all(x).astype(np.float64)
+    want = np.exp(x.astype(np.float64))
+    assert got.dtype == np.float64 and _exp_all(x).dtype == np.float32
+    assert np.max(np.abs(got - want) / want) < 3.1e-7
+    edges = np.array([np.nan, -np.inf, -1000.0, -88.0, 0.0, 1000.0, np.inf], dtype=np.float32)
+    out = _exp_all(edges)
+    assert np.isnan(out[0])
+    np.testing.assert_array_equal(out[1:], [0.0, 0.0, 0.0, 1.0, np.inf, np.inf])
+
+
+def test_fast_exp_float64_matches_numpy_exp():
+    x = np.linspace(-700, 700, 10_001)
+    np.testing.assert_allclose(_exp_all(x), np.exp(x), rtol=4e-16, atol=0)  # libm vs NumPy
+
+
+def _per_sample_problem(dtype, n_in=300, hidden=64, n_out=10, N=40):
+    rng = np.random.default_rng(5)
+    net = fastbp.MLP([n_in, hidden, n_out], dtype=dtype, seed=1)
+    X = rng.random((N, n_in)).astype(dtype)
+    Y = np.eye(n_out, dtype=dtype)[rng.integers(0, n_out, N)]
+    return net, X, Y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_threaded_per_sample_sweep_equals_serial_bitwise(dtype):
+    """Batch size 1 shares the first layer's fused update+forward sweep among threads (each
+    owns whole rows): the weights must be bitwise those of the serial sweep."""
+    results = []
+    for min_par in (0, knet.SERIAL_ONLY):
+        net, X, Y = _per_sample_problem(dtype)
+        S = knet.workspace_size(net._layout)
+        order = np.arange(X.shape[0], dtype=np.int64)
+        loss = fused.sgd_per_sample(net.params, X, Y, order, 0, X.shape[0], dtype(0.05),
+                                    net._layout, net._loss_code, np.zeros((2, S), dtype),
+                                    np.zeros(S, dtype), min_par)
+        results.append((net.params.copy(), loss))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+
+
+def test_hogwild_learns_digits_and_keeps_weights_finite(num_threads):
+    X_train, X_test, y_train, y_test = fastbp.datasets.load_digits_split()
+    net = fastbp.MLP([64, 64, 10], seed=0)
+    with num_threads(min(2, numba.config.NUMBA_NUM_THREADS)):
+        history = net.fit(X_train, y_train, epochs=20, lr=0.5, hogwild=True)
+    assert np.isfinite(net.params).all()
+    assert history.loss[-1] < history.loss[0]
+    assert np.mean(net.predict(X_test).argmax(axis=1) == y_test) >= 0.93
+
+
+def test_hogwild_with_one_thread_is_the_ordinary_per_sample_path():
+    X_train, _, y_train, _ = fastbp.datasets.load_digits_split()
+    a = fastbp.MLP([64, 16, 10], seed=3)
+    b = fastbp.MLP([64, 16, 10], seed=3)
+    with fastbp.threads(1):
+        a.fit(X_train[:200], y_train[:200], epochs=2, lr=0.3, hogwild=True)
+        b.fit(X_train[:200], y_train[:200], epochs=2, lr=0.3)
+    np.testing.assert_array_equal(a.params, b.params)
+
+
+def test_no_allocation_per_training_step():
+    """Numba runtime allocations during fit do not grow with the number of steps."""
+    script = textwrap.dedent("""
+        import numpy as np, fastbp
+        from numba.core.runtime import rtsys
+        rng = np.random.default_rng(0)
+        counts = {}
+        for B in (1, 4):
+            for N in (64, 512):
+                net = fastbp.MLP([20, 16, 3], seed=0)
+                X = rng.random((N, 20), dtype=np.float32); y = rng.integers(0, 3, N)
+                net.fit(X[:8], y[:8], batch_size=B)
+                before = rtsys.get_allocation_stats().alloc
+                net.fit(X, y, epochs=2, batch_size=B)
+                counts[B, N] = rtsys.get_allocation_stats().alloc - before
+        print(counts)
+        assert counts[1, 64] == counts[1, 512] and counts[4, 64] == counts[4, 512], counts
+    """)
+    env = dict(os.environ, NUMBA_NRT_STATS="1")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_warmup_returns_seconds():
+    assert fastbp.warmup("float32") >= 0.0
+
+
+def test_cache_knows_which_kernels_call_parallel_ones():
+    assert _cache.calls_parallel(knet.train_epoch)
+    assert _cache.calls_parallel(fused.sgd_hogwild)
+    assert _cache.calls_parallel(knet.predict_into)
+    assert not _cache.calls_parallel(fastbp.kernels.dense_forward)
+    assert not _cache.calls_parallel(fastbp.kernels.loss_sum)
+
+
+class _Event:
+    def __init__(self, dispatcher):
+        self.data = {"dispatcher": dispatcher}
+
+
+def test_compiling_a_driver_from_a_loaded_cache_drops_the_marker(tmp_path, monkeypatch):
+    """A process running from the cache that compiles a kernel calling parallel kernels must
+    stop trusting the cache (numba issue 8578); compiling a leaf kernel is harmless."""
+    marker = tmp_path / "fastbp-complete-test"
+    monkeypatch.setitem(_cache._state, "marker", str(marker))
+    monkeypatch.setitem(_cache._state, "fresh", False)
+    marker.write_text("x")
+    _cache._on_compile(_Event(fastbp.kernels.dense_forward))
+    assert marker.exists()
+    _cache._on_compile(_Event(knet.train_epoch))
+    assert not marker.exists()
+    marker.write_text("x")  # a process that built the cache itself trusts its own compiles
+    monkeypatch.setitem(_cache._state, "fresh", True)
+    _cache._on_compile(_Event(knet.train_epoch))
+    assert marker.exists()
+
+
+def test_every_kernel_name_carries_the_source_digest():
+    if not _config.CACHE:
+        pytest.skip("caching is off (FASTBP_CACHE=0): names are left alone")
+    for d in _config.DISPATCHERS:
+        assert d.py_func.__qualname__.endswith("__" + _config.SOURCE_DIGEST)
