@@ -120,3 +120,19 @@ def sgd_epoch(Ws, bs, acts, loss, X, Y, lr, batch_size):
             Ws[l] -= lr * dWs[l]
             bs[l] -= lr * dbs[l]
     return Ws, bs
+
+
+def torch_network_loss(torch, Ws, bs, acts, loss, X, Y):
+    """The same mean loss in PyTorch, for its autograd (``torch`` is passed in: optional)."""
+    F = torch.nn.functional
+    fns = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+           "identity": lambda z: z}
+    a = X
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        z = a @ W.T + b
+        if l == len(Ws) - 1 and loss == "cross_entropy":
+            return -(Y * F.log_softmax(z, dim=1)).sum(dim=1).mean()
+        a = fns[acts[l]](z)
+    if loss == "mse":
+        return 0.5 * ((a - Y) ** 2).sum(dim=1).mean()
+    return -(Y * torch.log(a) + (1 - Y) * torch.log(1 - a)).sum(dim=1).mean()

@@ -161,21 +161,6 @@ def torch():
     torch.set_num_threads(before)
 
 
-def torch_loss(torch, Ws, bs, acts, loss, X, Y):
-    F = torch.nn.functional
-    fns = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
-           "identity": lambda z: z}
-    a = X
-    for l, (W, b) in enumerate(zip(Ws, bs)):
-        z = a @ W.T + b
-        if l == len(Ws) - 1 and loss == "cross_entropy":
-            return -(Y * F.log_softmax(z, dim=1)).sum(dim=1).mean()
-        a = fns[acts[l]](z)
-    if loss == "mse":
-        return 0.5 * ((a - Y) ** 2).sum(dim=1).mean()
-    return -(Y * torch.log(a) + (1 - Y) * torch.log(1 - a)).sum(dim=1).mean()
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("hidden,loss,out_act,sizes", STEP_CASES, ids=STEP_IDS)
@@ -195,7 +180,7 @@ def test_fit_matches_torch_sgd(torch, hidden, loss, out_act, sizes, dtype, batch
         total = 0.0
         for start in range(0, len(X), batch):
             opt.zero_grad()
-            L = torch_loss(torch, Ws, bs, acts, loss, Xt[start:start + batch],
+            L = naive.torch_network_loss(torch, Ws, bs, acts, loss, Xt[start:start + batch],
                            Yt[start:start + batch])
             L.backward()
             opt.step()

@@ -80,9 +80,19 @@ def backward_batch(grads, deltas, acts, x, y, params, layout, loss, min_par):
     """
     B = x.shape[0]
     L = layout.shape[0]
-    scale = params.dtype.type(1.0) / params.dtype.type(B)
     d = layer_rows(deltas, layout, L - 1, B)
     output_delta(d, layer_rows(acts, layout, L - 1, B), y, loss, layout[L - 1, ACT])
+    backward_from_delta(grads, deltas, acts, x, params, layout,
+                        params.dtype.type(1.0) / params.dtype.type(B), min_par)
+
+
+@jit()
+def backward_from_delta(grads, deltas, acts, x, params, layout, scale, min_par):
+    """The layers' backward passes once the output delta is in its slot of ``deltas``:
+    ``grads`` gets ``scale * sum_b`` of each layer's outer products."""
+    B = x.shape[0]
+    L = layout.shape[0]
+    d = layer_rows(deltas, layout, L - 1, B)
     for l in range(L - 1, 0, -1):
         d_prev = layer_rows(deltas, layout, l - 1, B)
         layer_backward(grads, d_prev, d, layer_rows(acts, layout, l - 1, B), params, layout, l,

@@ -20,7 +20,7 @@ import numpy as np
 from .._config import jit
 from .layout import ACT, layer_rows
 from .losses import loss_sum, output_delta
-from .network import backward_batch, forward_batch, layer_backward
+from .network import backward_batch, backward_from_delta, forward_batch
 from .optim import apply_update
 
 
@@ -53,12 +53,7 @@ def weighted_backward_batch(grads, deltas, acts, x, y, w, params, layout, loss, 
     d = layer_rows(deltas, layout, L - 1, B)
     output_delta(d, layer_rows(acts, layout, L - 1, B), y, loss, layout[L - 1, ACT])
     scale_rows(d, w)
-    for l in range(L - 1, 0, -1):
-        d_prev = layer_rows(deltas, layout, l - 1, B)
-        layer_backward(grads, d_prev, d, layer_rows(acts, layout, l - 1, B), params, layout, l,
-                       scale, min_par)
-        d = d_prev
-    layer_backward(grads, d, d, x, params, layout, 0, scale, min_par)
+    backward_from_delta(grads, deltas, acts, x, params, layout, scale, min_par)
     return wsum
 
 
