@@ -64,3 +64,13 @@ def _numba_threads_unchanged():
 
 def eps_of(dtype):
     return float(np.finfo(dtype).eps)
+
+
+@pytest.fixture
+def torch():
+    """PyTorch (skipped where it is not installed), on one thread for the duration of a test."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(before)

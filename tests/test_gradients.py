@@ -188,15 +188,6 @@ TORCH_CASES = [
 ]
 
 
-@pytest.fixture
-def torch():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("hidden,loss,out_act,sizes", TORCH_CASES,
                          ids=[f"{h}-{l}-{len(s) - 1}layers" for h, l, _, s in TORCH_CASES])

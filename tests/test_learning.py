@@ -152,15 +152,6 @@ def test_fit_matches_naive_sgd(hidden, loss, out_act, sizes, batch_size):
         np.testing.assert_allclose(net.biases[l], bs[l], rtol=1e-12, atol=1e-14)
 
 
-@pytest.fixture
-def torch():
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("hidden,loss,out_act,sizes", STEP_CASES, ids=STEP_IDS)
