@@ -12,12 +12,19 @@
   ``fused.py`` would leave ``network.py``'s cached driver running the old code. Every cached
   kernel's name therefore carries a digest of all of fastbp's sources: any change compiles
   everything afresh.
+* ``jit(noalias=True)``: the layer kernels are compiled with numba's ``noalias`` flag, which marks
+  every array argument's data as not overlapping any other argument's *written* data (C's
+  ``restrict``). The compiler can then vectorize loops that store to several rows of one array
+  while reading others, without run-time overlap checks. The contract is the one the checked
+  wrappers (:mod:`fastbp.kernels.checked`) enforce: an output never shares memory with another
+  argument. Numba gives its ``prange`` bodies the same flag by itself when they make no views.
 """
 import hashlib
 import os
 import types
 
 from numba import njit
+from numba.core import compiler
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
@@ -41,8 +48,17 @@ SOURCE_DIGEST = _sources_digest() if CACHE else ""
 DISPATCHERS = []  # every fastbp kernel, for fastbp._cache
 
 
-def jit(parallel=False):
-    """The decorator for a fastbp kernel: ``@jit()`` serial, ``@jit(parallel=True)`` threaded.
+class _NoAliasCompiler(compiler.CompilerBase):
+    """Numba's standard nopython pipeline with the ``noalias`` flag set (see the module notes)."""
+
+    def define_pipelines(self):
+        self.state.flags.noalias = True
+        return [compiler.DefaultPassBuilder.define_nopython_pipeline(self.state)]
+
+
+def jit(parallel=False, noalias=False):
+    """The decorator for a fastbp kernel: ``@jit()`` serial, ``@jit(parallel=True)`` threaded;
+    ``noalias=True`` for kernels whose outputs never overlap their other arguments.
 
     ``nogil=True`` so that kernels release the GIL and models can train in several Python threads.
     With caching on, the function's ``__qualname__`` (which names its cache files) gets the
@@ -51,8 +67,9 @@ def jit(parallel=False):
     def decorate(pyfunc):
         if CACHE:
             pyfunc.__qualname__ = f"{pyfunc.__qualname__}__{SOURCE_DIGEST}"
+        options = {"pipeline_class": _NoAliasCompiler} if noalias else {}
         dispatcher = njit(parallel=parallel, fastmath=set(FASTMATH), cache=CACHE, nogil=True,
-                          error_model="numpy")(pyfunc)
+                          error_model="numpy", **options)(pyfunc)
         DISPATCHERS.append(dispatcher)
         return dispatcher
     return decorate
@@ -60,7 +77,8 @@ def jit(parallel=False):
 
 def jit_pair(pyfunc):
     """Compile one Python kernel body twice: serial and parallel (``prange`` runs as ``range``
-    in the serial one). Returns ``(serial, parallel)``; the orchestration code picks the serial
+    in the serial one), both with ``noalias`` (outputs never overlap the other arguments).
+    Returns ``(serial, parallel)``; the orchestration code picks the serial
     one where the work is too small to pay for waking the thread pool.
 
     The serial twin is a copy of the function under another ``__qualname__`` (``name_serial``):
@@ -72,4 +90,4 @@ def jit_pair(pyfunc):
     twin.__qualname__ = pyfunc.__qualname__ + "_serial"
     twin.__module__ = pyfunc.__module__
     twin.__doc__ = pyfunc.__doc__
-    return jit(parallel=False)(twin), jit(parallel=True)(pyfunc)
+    return jit(parallel=False, noalias=True)(twin), jit(parallel=True)(pyfunc)

@@ -22,12 +22,14 @@ ALL_ACTS = ELEMENTWISE + ("softmax",)
 
 # Batch sizes and widths: remainders of the 4-row unit blocks and the 2-sample tile
 # (1, 3, 17, 129), whole blocks (4), and 600 inputs so the 256-column chunks are crossed
-# (256, 257 sit on the chunk edge).
+# (256, 257 sit on the chunk edge); 1027 and 1100 inputs split the gradient into three equal
+# column chunks of whole vectors, the last one shorter.
 BATCHES = (1, 3, 17)
 N_INS = (1, 3, 17, 129, 256, 257, 600)
 N_OUTS = (1, 3, 4, 17, 129)
 SHAPES = list(itertools.product(BATCHES, N_INS, N_OUTS)) + [
-    (2, 600, 17), (4, 5, 8), (129, 17, 129), (129, 600, 5), (33, 129, 3)]
+    (2, 600, 17), (4, 5, 8), (129, 17, 129), (129, 600, 5), (33, 129, 3), (6, 1100, 7),
+    (9, 1027, 13)]
 
 FORWARD = {"threaded": K.dense_forward, "serial": K.dense_forward_serial}
 BACKWARD = {"threaded": K.dense_backward, "serial": K.dense_backward_serial}

@@ -163,11 +163,21 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     total = 0.0
     for start in range(0, N, batch_size):
         B = min(batch_size, N - start)
-        x = xbuf[:B * n0].reshape((B, n0))
-        y = ybuf[:B * m].reshape((B, m))
-        for r in range(B):
-            x[r] = X[order[start + r]]
-            y[r] = Y[order[start + r]]
+        first = order[start]
+        run = True  # the batch is a run of consecutive samples: use it in place, no copy
+        for r in range(1, B):
+            if order[start + r] != first + r:
+                run = False
+                break
+        if run:
+            x = X[first:first + B]
+            y = Y[first:first + B]
+        else:
+            x = xbuf[:B * n0].reshape((B, n0))
+            y = ybuf[:B * m].reshape((B, m))
+            for r in range(B):
+                x[r] = X[order[start + r]]
+                y[r] = Y[order[start + r]]
         out = forward_batch(acts, x, params, layout, min_par)
         total += loss_sum(out, y, loss)
         backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par)
