@@ -232,7 +232,7 @@ def assert_bitwise(a, b):
 @needs_two_threads
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("sizes,n,batch_size", [
-    ([784, 128, 10], 64, 32),   # threaded kernels (B * n_in * n_out >= PARALLEL_MIN_WORK)
+    ([784, 128, 10], 64, 32),   # threaded kernels (the first layer's, batch_threaded)
     ([784, 128, 10], 24, 1),    # per-sample: the first layer and the update still threaded
     ([5, 4, 3], 17, 4),         # everything on the serial path
 ], ids=["784-128-10-batch32", "784-128-10-batch1", "5-4-3-serial"])
@@ -241,8 +241,11 @@ def test_results_bitwise_equal_with_one_and_two_threads(num_threads, sizes, n, b
     rng = np.random.default_rng(5)
     X = rng.uniform(0, 1, (n, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], n)
-    if sizes[1] == 128:
-        assert batch_size * sizes[0] * sizes[1] >= knet.PARALLEL_MIN_WORK
+    if sizes[1] == 128 and batch_size == 1:  # the per-sample sweep of the first layer
+        assert sizes[0] * sizes[1] >= knet.PARALLEL_MIN_WORK
+    elif sizes[1] == 128:
+        assert knet.batch_threaded(batch_size, np.empty((sizes[1], sizes[0])),
+                                   knet.PARALLEL_MIN_WORK)
     with num_threads(1):
         one = run_everything(sizes, dtype, X, y, batch_size)
     with num_threads(2):

@@ -13,9 +13,9 @@ import pytest
 
 import fastbp
 
-# Big enough that the layer kernels take their threaded builds (batch x n_in x n_out is above
-# fastbp.kernels.network.PARALLEL_MIN_WORK), small enough to train in a fraction of a second.
-SIZES = [48, 96, 10]
+# Big enough that the first layer's kernels take their threaded builds at batch 16 and 32
+# (fastbp.kernels.network.batch_threaded), small enough to train in a fraction of a second.
+SIZES = [96, 128, 10]
 SPECS = [  # (optimizer, lr, batch_size): the fused SGD path, per-sample SGD, the general path
     ("sgd", 0.1, 32),
     ("sgd", 0.05, 1),
