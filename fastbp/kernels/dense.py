@@ -5,7 +5,7 @@ Each kernel exists twice (``_config.jit_pair``): ``name`` is threaded with ``pra
 ``name_serial`` is the same body compiled without threads, for work too small to share.
 
 Threads never write the same element: the forward pass gives each thread whole 4-row blocks of
-output units, delta propagation whole (sample, column-chunk) tiles of ``dinp``, and the gradient
+output units, delta propagation whole (4-sample, column-chunk) tiles of ``dinp``, and the gradient
 whole (4-row, column-chunk) tiles of ``dW``. There are no atomics and no reductions across threads, so a result
 does not depend on the number of threads.
 """
@@ -15,8 +15,8 @@ from numba import prange
 from .._config import jit_pair
 from .activations import IDENTITY, activate_row, activation_grad
 
-# Column chunk for the kernels that stream along the input dimension: 4 rows of this many
-# float64 stay in L1 while the other loop runs over them.
+# Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
+# stay in L1 while the loop over ``W``'s rows runs over them.
 CHUNK = 256
 # The gradient's column chunk (at most this wide, equal chunks): with its 4 rows of ``dW`` and 4
 # rows of the input it stays in L1.
@@ -144,40 +144,88 @@ def dense_backward(dinp, dout, weight, inp, act):
 
     dinp (B, n_in) = delta_{l-1}, dout (B, n_out) = delta_l, weight (n_out, n_in) = W_l,
     inp (B, n_in) = a_{l-1} (the activation whose derivative is taken), act: its code.
+    ``dinp`` must not overlap the inputs.
+
+    A thread owns a (4-sample, column-chunk) tile of ``dinp`` and takes 4 rows of ``W`` at a
+    time: each loaded weight feeds 4 samples (4 loads of ``W`` and 4 loads and stores of
+    ``dinp`` for 16 multiply-adds). Indexed without row views and with unsigned column indices,
+    as ``dense_grad``, so that the compiler vectorizes the column loops.
     """
     B, n_in = dinp.shape
     n_out = weight.shape[0]
+    n_sblk = (B + 3) // 4
     n_chunks = (n_in + CHUNK - 1) // CHUNK
-    for t in prange(B * n_chunks):
-        b = t // n_chunks
-        j0 = (t % n_chunks) * CHUNK
-        j1 = min(j0 + CHUNK, n_in)
-        acc = dinp[b, j0:j1]
-        d = dout[b]
-        acc[:] = 0
-        i = 0
-        while i + 4 <= n_out:
-            d0 = d[i]
-            d1 = d[i + 1]
-            d2 = d[i + 2]
-            d3 = d[i + 3]
-            w0 = weight[i, j0:j1]
-            w1 = weight[i + 1, j0:j1]
-            w2 = weight[i + 2, j0:j1]
-            w3 = weight[i + 3, j0:j1]
-            for j in range(j1 - j0):
-                acc[j] += d0 * w0[j] + d1 * w1[j] + d2 * w2[j] + d3 * w3[j]
-            i += 4
-        while i < n_out:
-            d0 = d[i]
-            w0 = weight[i, j0:j1]
-            for j in range(j1 - j0):
-                acc[j] += d0 * w0[j]
-            i += 1
+    for t in prange(n_sblk * n_chunks):
+        b0 = 4 * (t // n_chunks)
+        b1 = min(b0 + 4, B)
+        j0 = min((t % n_chunks) * CHUNK, n_in)
+        u0 = np.uint64(j0)
+        u1 = np.uint64(min(j0 + CHUNK, n_in))
+        for b in range(b0, b1):
+            for j in range(u0, u1):
+                dinp[b, j] = 0
+        if b1 - b0 == 4:
+            i = 0
+            while i + 4 <= n_out:
+                c00 = dout[b0, i]
+                c01 = dout[b0, i + 1]
+                c02 = dout[b0, i + 2]
+                c03 = dout[b0, i + 3]
+                c10 = dout[b0 + 1, i]
+                c11 = dout[b0 + 1, i + 1]
+                c12 = dout[b0 + 1, i + 2]
+                c13 = dout[b0 + 1, i + 3]
+                c20 = dout[b0 + 2, i]
+                c21 = dout[b0 + 2, i + 1]
+                c22 = dout[b0 + 2, i + 2]
+                c23 = dout[b0 + 2, i + 3]
+                c30 = dout[b0 + 3, i]
+                c31 = dout[b0 + 3, i + 1]
+                c32 = dout[b0 + 3, i + 2]
+                c33 = dout[b0 + 3, i + 3]
+                for j in range(u0, u1):
+                    w0 = weight[i, j]
+                    w1 = weight[i + 1, j]
+                    w2 = weight[i + 2, j]
+                    w3 = weight[i + 3, j]
+                    dinp[b0, j] += c00 * w0 + c01 * w1 + c02 * w2 + c03 * w3
+                    dinp[b0 + 1, j] += c10 * w0 + c11 * w1 + c12 * w2 + c13 * w3
+                    dinp[b0 + 2, j] += c20 * w0 + c21 * w1 + c22 * w2 + c23 * w3
+                    dinp[b0 + 3, j] += c30 * w0 + c31 * w1 + c32 * w2 + c33 * w3
+                i += 4
+            while i < n_out:
+                c0 = dout[b0, i]
+                c1 = dout[b0 + 1, i]
+                c2 = dout[b0 + 2, i]
+                c3 = dout[b0 + 3, i]
+                for j in range(u0, u1):
+                    w0 = weight[i, j]
+                    dinp[b0, j] += c0 * w0
+                    dinp[b0 + 1, j] += c1 * w0
+                    dinp[b0 + 2, j] += c2 * w0
+                    dinp[b0 + 3, j] += c3 * w0
+                i += 1
+        else:
+            for b in range(b0, b1):
+                i = 0
+                while i + 4 <= n_out:
+                    c0 = dout[b, i]
+                    c1 = dout[b, i + 1]
+                    c2 = dout[b, i + 2]
+                    c3 = dout[b, i + 3]
+                    for j in range(u0, u1):
+                        dinp[b, j] += (c0 * weight[i, j] + c1 * weight[i + 1, j]
+                                       + c2 * weight[i + 2, j] + c3 * weight[i + 3, j])
+                    i += 4
+                while i < n_out:
+                    c0 = dout[b, i]
+                    for j in range(u0, u1):
+                        dinp[b, j] += c0 * weight[i, j]
+                    i += 1
         if act != IDENTITY:
-            a = inp[b, j0:j1]
-            for j in range(j1 - j0):
-                acc[j] *= activation_grad(a[j], act)
+            for b in range(b0, b1):
+                for j in range(u0, u1):
+                    dinp[b, j] *= activation_grad(inp[b, j], act)
 
 
 def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
