@@ -641,6 +641,7 @@ class MLP:
         # An epoch runs in one kernel call, or in PROGRESS_UPDATES pieces to draw a bar.
         n_batches = -(-N // B)
         seg = N if not progress else B * -(-n_batches // PROGRESS_UPDATES)
+        seg += seg % 2 if B == 1 else 0  # per-sample pieces end on a pair (kernels.fused)
         if hogwild:  # one per-sample workspace per thread
             T = max(1, min(get_num_threads(), N))
             acts_h = np.empty((T, 2, S), dtype=dtype)
