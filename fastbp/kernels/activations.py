@@ -88,7 +88,10 @@ def activation_grad(a, act):
     """``f'(z)`` from the output ``a = f(z)``, for an element-wise activation code."""
     one = type(a)(1.0)
     if act == SIGMOID:
-        return a * (one - a)
+        # a (1 - a), written as a - a^2: one fused multiply-add, and a form the optimizer keeps
+        # (numba's cached copy of a threaded kernel is optimized once more than the copy it
+        # runs after compiling; ``a * (one - a)`` came out rounded differently the second time)
+        return a - a * a
     elif act == TANH:
         return one - a * a
     elif act == RELU:
