@@ -257,6 +257,19 @@ SCHEDULES = {cls.name: cls for cls in (ConstantLR, StepLR, ExponentialLR, Cosine
                                         ReduceLROnPlateau)}
 
 
+def _named_config(what, spec, registry, expected):
+    """A name or a config dict ``{"name": ..., **params}`` -> (name, a copy of the params),
+    the name checked against ``registry``; ``expected`` says what else was accepted."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict):
+        raise TypeError(f"{what} must be {expected}, got {type(spec).__name__}")
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    V.check_choice(what, name, tuple(registry))
+    return name, spec
+
+
 def make_schedule(spec):
     """A schedule from ``None`` (constant), a :class:`Schedule` (copied), a name whose
     parameters all have defaults (``'constant'``, ``'plateau'``), or a config dict
@@ -265,14 +278,8 @@ def make_schedule(spec):
         return ConstantLR()
     if isinstance(spec, Schedule):
         return make_schedule(spec.get_config())
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, dict):
-        raise TypeError("schedule must be None, a fastbp.optim schedule object, a name or a "
-                        f"config dict, got {type(spec).__name__}")
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    V.check_choice("schedule", name, tuple(SCHEDULES))
+    name, spec = _named_config("schedule", spec, SCHEDULES,
+                               "None, a fastbp.optim schedule object, a name or a config dict")
     try:
         return SCHEDULES[name](**spec)
     except TypeError as exc:
@@ -542,14 +549,9 @@ def make_optimizer(config, lr=None):
             raise ValueError("lr was given together with an optimizer object; set the learning "
                              f"rate on the object instead ({type(config).__name__}(lr=...))")
         return make_optimizer(config.get_config())
-    if isinstance(config, str):
-        config = {"name": config}
-    if not isinstance(config, dict):
-        raise TypeError("optimizer must be a name ('sgd', 'adam', 'adamw'), a fastbp.optim "
-                        f"optimizer or a config dict, got {type(config).__name__}")
-    config = dict(config)
-    name = config.pop("name", None)
-    V.check_choice("optimizer", name, tuple(OPTIMIZERS))
+    name, config = _named_config("optimizer", config, OPTIMIZERS,
+                                 "a name ('sgd', 'adam', 'adamw'), a fastbp.optim optimizer or "
+                                 "a config dict")
     if lr is not None:
         if "lr" in config:
             raise ValueError("lr was given twice: as the lr argument and in the optimizer config")

@@ -113,19 +113,26 @@ def one_hot(y, m):
     return Y
 
 
+def gradient_problem(rng, sizes, hidden, out_act, loss, dtype, seed, n):
+    """A network with random biases, n inputs in [-1, 1], targets for ``loss`` and their dense
+    form ``Yd`` (one-hot for cross-entropy, in the network's dtype)."""
+    net = fastbp.MLP(sizes, activation=hidden, output_activation=out_act, loss=loss,
+                     dtype=dtype, seed=seed)
+    for b in net.biases:
+        b[...] = rng.uniform(-0.3, 0.3, b.shape)
+    X = rng.uniform(-1, 1, (n, sizes[0])).astype(dtype)
+    Y = make_targets(rng, n, sizes[-1], loss)
+    Yd = one_hot(Y, sizes[-1]) if loss == "cross_entropy" else Y.astype(dtype)
+    return net, X, Y, Yd
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("loss,out_act", OUTPUTS, ids=[f"{l}-{a}" for l, a in OUTPUTS])
 @pytest.mark.parametrize("hidden", HIDDEN)
 def test_gradients_and_loss_match_naive_oracle(hidden, loss, out_act, dtype):
-    rng = np.random.default_rng(3)
     sizes = [7, 9, 5, 4]
-    net = fastbp.MLP(sizes, activation=hidden, output_activation=out_act, loss=loss,
-                     dtype=dtype, seed=5)
-    for b in net.biases:
-        b[...] = rng.uniform(-0.3, 0.3, b.shape)
-    X = rng.uniform(-1, 1, (11, sizes[0])).astype(dtype)
-    Y = make_targets(rng, 11, sizes[-1], loss)
-    Yd = one_hot(Y, sizes[-1]) if loss == "cross_entropy" else Y.astype(dtype)
+    net, X, Y, Yd = gradient_problem(np.random.default_rng(3), sizes, hidden, out_act, loss,
+                                     dtype, seed=5, n=11)
     acts = [hidden] * 2 + [out_act]
     dWs, dbs = net.gradients(X, Y)
     ref_W, ref_b = naive.network_gradients(list(net.weights), list(net.biases), acts, loss, X,
@@ -192,14 +199,8 @@ TORCH_CASES = [
 @pytest.mark.parametrize("hidden,loss,out_act,sizes", TORCH_CASES,
                          ids=[f"{h}-{l}-{len(s) - 1}layers" for h, l, _, s in TORCH_CASES])
 def test_gradients_and_loss_match_torch_autograd(torch, hidden, loss, out_act, sizes, dtype):
-    rng = np.random.default_rng(21)
-    net = fastbp.MLP(sizes, activation=hidden, output_activation=out_act, loss=loss,
-                     dtype=dtype, seed=4)
-    for b in net.biases:
-        b[...] = rng.uniform(-0.3, 0.3, b.shape)
-    X = rng.uniform(-1, 1, (13, sizes[0])).astype(dtype)
-    Y = make_targets(rng, 13, sizes[-1], loss)
-    Yd = one_hot(Y, sizes[-1]) if loss == "cross_entropy" else Y
+    net, X, Y, Yd = gradient_problem(np.random.default_rng(21), sizes, hidden, out_act, loss,
+                                     dtype, seed=4, n=13)
     tdt = torch.float64 if dtype == "float64" else torch.float32
     Ws = [torch.tensor(W, dtype=tdt, requires_grad=True) for W in net.weights]
     bs = [torch.tensor(b, dtype=tdt, requires_grad=True) for b in net.biases]
