@@ -12,7 +12,7 @@ does not depend on the number of threads.
 import numpy as np
 from numba import prange
 
-from .._config import jit_pair
+from .._config import jit, jit_pair
 from .activations import IDENTITY, activate_row, activation_grad
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
@@ -139,6 +139,45 @@ def dense_forward(out, inp, weight, bias, act):
             activate_row(out[b], act)
 
 
+@jit(noalias=True)
+def coefficients(M, r, c, scale, transpose):
+    """The 16 coefficients of a ``rank4_rows`` tile, row by row: ``scale * M[r + k, c + m]``,
+    or with ``transpose`` ``scale * M[r + m, c + k]``, for k, m < 4."""
+    if transpose:
+        return (scale * M[r, c], scale * M[r + 1, c], scale * M[r + 2, c], scale * M[r + 3, c],
+                scale * M[r, c + 1], scale * M[r + 1, c + 1], scale * M[r + 2, c + 1],
+                scale * M[r + 3, c + 1],
+                scale * M[r, c + 2], scale * M[r + 1, c + 2], scale * M[r + 2, c + 2],
+                scale * M[r + 3, c + 2],
+                scale * M[r, c + 3], scale * M[r + 1, c + 3], scale * M[r + 2, c + 3],
+                scale * M[r + 3, c + 3])
+    return (scale * M[r, c], scale * M[r, c + 1], scale * M[r, c + 2], scale * M[r, c + 3],
+            scale * M[r + 1, c], scale * M[r + 1, c + 1], scale * M[r + 1, c + 2],
+            scale * M[r + 1, c + 3],
+            scale * M[r + 2, c], scale * M[r + 2, c + 1], scale * M[r + 2, c + 2],
+            scale * M[r + 2, c + 3],
+            scale * M[r + 3, c], scale * M[r + 3, c + 1], scale * M[r + 3, c + 2],
+            scale * M[r + 3, c + 3])
+
+
+@jit(noalias=True)
+def rank4_rows(dst, r0, src, s0, u0, u1, c):
+    """The register tile shared by delta propagation and the gradient: for k < 4 and
+    ``u0 <= j < u1``, ``dst[r0 + k, j] += sum_m c[4 k + m] * src[s0 + m, j]``. Every loaded
+    element of ``src`` feeds 4 rows: 4 loads of ``src`` and one load and one store per row of
+    ``dst`` for 16 multiply-adds. ``dst`` must not overlap ``src``."""
+    (c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33) = c
+    for j in range(u0, u1):
+        x0 = src[s0, j]
+        x1 = src[s0 + 1, j]
+        x2 = src[s0 + 2, j]
+        x3 = src[s0 + 3, j]
+        dst[r0, j] += c00 * x0 + c01 * x1 + c02 * x2 + c03 * x3
+        dst[r0 + 1, j] += c10 * x0 + c11 * x1 + c12 * x2 + c13 * x3
+        dst[r0 + 2, j] += c20 * x0 + c21 * x1 + c22 * x2 + c23 * x3
+        dst[r0 + 3, j] += c30 * x0 + c31 * x1 + c32 * x2 + c33 * x3
+
+
 def dense_backward(dinp, dout, weight, inp, act):
     """Delta propagation: ``(dinp)_bj = f'(a_bj) * sum_i W_ij (dout)_bi`` (``W^T delta``).
 
@@ -167,31 +206,8 @@ def dense_backward(dinp, dout, weight, inp, act):
         if b1 - b0 == 4:
             i = 0
             while i + 4 <= n_out:
-                c00 = dout[b0, i]
-                c01 = dout[b0, i + 1]
-                c02 = dout[b0, i + 2]
-                c03 = dout[b0, i + 3]
-                c10 = dout[b0 + 1, i]
-                c11 = dout[b0 + 1, i + 1]
-                c12 = dout[b0 + 1, i + 2]
-                c13 = dout[b0 + 1, i + 3]
-                c20 = dout[b0 + 2, i]
-                c21 = dout[b0 + 2, i + 1]
-                c22 = dout[b0 + 2, i + 2]
-                c23 = dout[b0 + 2, i + 3]
-                c30 = dout[b0 + 3, i]
-                c31 = dout[b0 + 3, i + 1]
-                c32 = dout[b0 + 3, i + 2]
-                c33 = dout[b0 + 3, i + 3]
-                for j in range(u0, u1):
-                    w0 = weight[i, j]
-                    w1 = weight[i + 1, j]
-                    w2 = weight[i + 2, j]
-                    w3 = weight[i + 3, j]
-                    dinp[b0, j] += c00 * w0 + c01 * w1 + c02 * w2 + c03 * w3
-                    dinp[b0 + 1, j] += c10 * w0 + c11 * w1 + c12 * w2 + c13 * w3
-                    dinp[b0 + 2, j] += c20 * w0 + c21 * w1 + c22 * w2 + c23 * w3
-                    dinp[b0 + 3, j] += c30 * w0 + c31 * w1 + c32 * w2 + c33 * w3
+                rank4_rows(dinp, b0, weight, i, u0, u1,
+                           coefficients(dout, b0, i, dout.dtype.type(1.0), False))
                 i += 4
             while i < n_out:
                 c0 = dout[b0, i]
@@ -267,31 +283,8 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
         if i1 - i0 == 4:
             b = 0
             while b + 4 <= B:
-                c00 = scale * dout[b, i0]
-                c01 = scale * dout[b + 1, i0]
-                c02 = scale * dout[b + 2, i0]
-                c03 = scale * dout[b + 3, i0]
-                c10 = scale * dout[b, i0 + 1]
-                c11 = scale * dout[b + 1, i0 + 1]
-                c12 = scale * dout[b + 2, i0 + 1]
-                c13 = scale * dout[b + 3, i0 + 1]
-                c20 = scale * dout[b, i0 + 2]
-                c21 = scale * dout[b + 1, i0 + 2]
-                c22 = scale * dout[b + 2, i0 + 2]
-                c23 = scale * dout[b + 3, i0 + 2]
-                c30 = scale * dout[b, i0 + 3]
-                c31 = scale * dout[b + 1, i0 + 3]
-                c32 = scale * dout[b + 2, i0 + 3]
-                c33 = scale * dout[b + 3, i0 + 3]
-                for j in range(u0, u1):
-                    x0 = inp[b, j]
-                    x1 = inp[b + 1, j]
-                    x2 = inp[b + 2, j]
-                    x3 = inp[b + 3, j]
-                    dweight[i0, j] += c00 * x0 + c01 * x1 + c02 * x2 + c03 * x3
-                    dweight[i0 + 1, j] += c10 * x0 + c11 * x1 + c12 * x2 + c13 * x3
-                    dweight[i0 + 2, j] += c20 * x0 + c21 * x1 + c22 * x2 + c23 * x3
-                    dweight[i0 + 3, j] += c30 * x0 + c31 * x1 + c32 * x2 + c33 * x3
+                rank4_rows(dweight, i0, inp, b, u0, u1,
+                           coefficients(dout, b, i0, scale, True))
                 b += 4
             while b < B:
                 c0 = scale * dout[b, i0]
