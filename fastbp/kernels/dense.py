@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from .._config import jit, jit_pair
-from .activations import IDENTITY, activate_row, activation_grad
+from .activations import IDENTITY, SOFTMAX, activate_row, activation_grad
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -21,13 +21,17 @@ CHUNK = 256
 # The gradient's column chunk (at most this wide, equal chunks): with its 4 rows of ``dW`` and 4
 # rows of the input it stays in L1.
 GRAD_CHUNK = 512
+# Element-wise activations run over the flat output in chunks of this many elements (64 float32
+# vectors): few enough chunks that a thread takes several, long enough to run whole vectors.
+ACT_CHUNK = 1024
 
 
 def dense_forward(out, inp, weight, bias, act):
     """out = f(inp W^T + b), i.e. ``(z)_bi = sum_j W_ij x_bj + b_i`` and ``out_bi = f(z_bi)``.
 
     out (B, n_out), inp (B, n_in), weight (n_out, n_in), bias (n_out,), act: activation code
-    (applied row by row once all sums are done, in loops the compiler vectorizes).
+    (applied once all sums are done, in loops the compiler vectorizes: softmax row by row, the
+    element-wise ones over the whole output in ``ACT_CHUNK`` pieces).
     """
     B, n_in = inp.shape
     n_out = weight.shape[0]
@@ -127,16 +131,47 @@ def dense_forward(out, inp, weight, bias, act):
                 b += 1
         else:
             for i in range(i0, n_out):
+                # the last 1 to 3 units: one unit x 4 samples at a time, 4 independent sums
                 w = weight[i]
-                for b in range(B):
-                    x = inp[b]
-                    s = type(bias[i])(0.0)
+                c = bias[i]
+                b = 0
+                while b + 4 <= B:
+                    x0 = inp[b]
+                    x1 = inp[b + 1]
+                    x2 = inp[b + 2]
+                    x3 = inp[b + 3]
+                    s0 = type(c)(0.0)
+                    s1 = s0
+                    s2 = s0
+                    s3 = s0
                     for j in range(n_in):
-                        s += w[j] * x[j]
-                    out[b, i] = s + bias[i]
-    if act != IDENTITY:
+                        v = w[j]
+                        s0 += v * x0[j]
+                        s1 += v * x1[j]
+                        s2 += v * x2[j]
+                        s3 += v * x3[j]
+                    out[b, i] = s0 + c
+                    out[b + 1, i] = s1 + c
+                    out[b + 2, i] = s2 + c
+                    out[b + 3, i] = s3 + c
+                    b += 4
+                while b < B:
+                    x0 = inp[b]
+                    s0 = type(c)(0.0)
+                    for j in range(n_in):
+                        s0 += w[j] * x0[j]
+                    out[b, i] = s0 + c
+                    b += 1
+    if act == SOFTMAX:
         for b in prange(B):
             activate_row(out[b], act)
+    elif act != IDENTITY:
+        # element-wise: over the whole (contiguous) output in chunks, so that narrow layers
+        # still run whole vectors (a row of 10 units would be all remainder)
+        flat = out.reshape(B * n_out)
+        n_act = (B * n_out + ACT_CHUNK - 1) // ACT_CHUNK
+        for t in prange(n_act):
+            activate_row(flat[t * ACT_CHUNK:min((t + 1) * ACT_CHUNK, B * n_out)], act)
 
 
 @jit(noalias=True)
