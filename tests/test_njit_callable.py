@@ -104,3 +104,27 @@ def test_user_njit_function_gets_the_kernels_own_results():
     np.testing.assert_allclose(from_njit, naive.dense_forward(X, W, b, "tanh"), rtol=1e-12,
                                atol=1e-14)
     np.testing.assert_allclose(total, from_python.sum(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "softmax", "relu"])
+def test_user_njit_code_may_pass_column_views(act):
+    """A column slice of a larger array is typed as non-contiguous ('A' layout) in numba: the
+    forward kernels still compile for it, write only inside the view, and get the naive result
+    (element-wise activations take a flat view of a C-contiguous output, and rows otherwise)."""
+    from fastbp.kernels import ACTIVATIONS
+    rng = np.random.default_rng(14)
+    X = rng.normal(size=(33, 40))
+    W = rng.normal(size=(37, 40)) * 0.3
+    b = rng.normal(size=37)
+
+    @numba.njit(cache=False)
+    def user_forward(big, X, W, b, code):
+        K.dense_forward(big[:, 1:38], X, W, b, code)
+        K.dense_forward_serial(big[:, 40:77], X, W, b, code)
+
+    big = np.zeros((33, 78))
+    user_forward(big, X, W, b, ACTIVATIONS[act])
+    ref = naive.dense_forward(X, W, b, act)
+    np.testing.assert_allclose(big[:, 1:38], ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(big[:, 40:77], ref, rtol=1e-12, atol=1e-14)
+    assert not big[:, [0, 38, 39, 77]].any()

@@ -135,3 +135,45 @@ def activate_row(a, act):
             a[k] = max(a[k], zero)
     elif act == SOFTMAX:
         softmax_row(a)
+
+
+# Element-wise activations of a whole layer run over its flat output in pieces of this many
+# elements (64 float32 vectors): a narrow layer's rows (10 units) would otherwise be all scalar
+# remainder, and a threaded layer gets a few pieces per thread.
+ACT_CHUNK = 1024
+
+
+@jit()
+def activation_parts(B, n, act):
+    """How many parts ``activate_part`` splits a (B, n) layer output into for ``act``."""
+    if act == SOFTMAX:
+        return B
+    return (B * n + ACT_CHUNK - 1) // ACT_CHUNK
+
+
+def activate_part(out, act, t, n_parts):
+    """In place: ``out <- f(out)`` on part ``t`` of ``n_parts`` (``activation_parts``) of a
+    (B, n) layer output. Element-wise activations of a C-contiguous ``out`` take the flat
+    elements ``[t ACT_CHUNK, (t + 1) ACT_CHUNK)``; softmax, or another layout, take the rows
+    ``[B t / n_parts, B (t + 1) / n_parts)``."""
+
+
+@jit()
+def _activate_rows_part(out, act, t, n_parts):
+    B = out.shape[0]
+    for b in range(B * t // n_parts, B * (t + 1) // n_parts):
+        activate_row(out[b], act)
+
+
+@overload(activate_part, jit_options={"fastmath": set(FASTMATH)})
+def _activate_part(out, act, t, n_parts):
+    if out.layout != "C":  # decided when compiling: only a C array has a flat view
+        return lambda out, act, t, n_parts: _activate_rows_part(out, act, t, n_parts)
+
+    def impl(out, act, t, n_parts):
+        if act == SOFTMAX:
+            _activate_rows_part(out, act, t, n_parts)
+        else:
+            n = out.shape[0] * out.shape[1]
+            activate_row(out.reshape(n)[t * ACT_CHUNK:min((t + 1) * ACT_CHUNK, n)], act)
+    return impl

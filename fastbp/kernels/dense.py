@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from .._config import jit, jit_pair
-from .activations import IDENTITY, SOFTMAX, activate_row, activation_grad
+from .activations import IDENTITY, activate_part, activation_grad, activation_parts
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -21,9 +21,6 @@ CHUNK = 256
 # The gradient's column chunk (at most this wide, equal chunks): with its 4 rows of ``dW`` and 4
 # rows of the input it stays in L1.
 GRAD_CHUNK = 512
-# Element-wise activations run over the flat output in chunks of this many elements (64 float32
-# vectors): few enough chunks that a thread takes several, long enough to run whole vectors.
-ACT_CHUNK = 1024
 
 
 def dense_forward(out, inp, weight, bias, act):
@@ -31,7 +28,7 @@ def dense_forward(out, inp, weight, bias, act):
 
     out (B, n_out), inp (B, n_in), weight (n_out, n_in), bias (n_out,), act: activation code
     (applied once all sums are done, in loops the compiler vectorizes: softmax row by row, the
-    element-wise ones over the whole output in ``ACT_CHUNK`` pieces).
+    element-wise ones over the whole output in ``ACT_CHUNK`` pieces: ``activate_part``).
     """
     B, n_in = inp.shape
     n_out = weight.shape[0]
@@ -162,16 +159,10 @@ def dense_forward(out, inp, weight, bias, act):
                         s0 += w[j] * x0[j]
                     out[b, i] = s0 + c
                     b += 1
-    if act == SOFTMAX:
-        for b in prange(B):
-            activate_row(out[b], act)
-    elif act != IDENTITY:
-        # element-wise: over the whole (contiguous) output in chunks, so that narrow layers
-        # still run whole vectors (a row of 10 units would be all remainder)
-        flat = out.reshape(B * n_out)
-        n_act = (B * n_out + ACT_CHUNK - 1) // ACT_CHUNK
-        for t in prange(n_act):
-            activate_row(flat[t * ACT_CHUNK:min((t + 1) * ACT_CHUNK, B * n_out)], act)
+    if act != IDENTITY:
+        n_parts = activation_parts(B, n_out, act)
+        for t in prange(n_parts):
+            activate_part(out, act, t, n_parts)
 
 
 @jit(noalias=True)
