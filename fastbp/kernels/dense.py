@@ -204,6 +204,34 @@ def rank4_rows(dst, r0, src, s0, u0, u1, c):
         dst[r0 + 3, j] += c30 * x0 + c31 * x1 + c32 * x2 + c33 * x3
 
 
+@jit(noalias=True)
+def rank1_rows(dst, r0, src, s, u0, u1, c0, c1, c2, c3):
+    """The tile's tail when one row of ``src`` is left: ``dst[r0 + k, j] += c_k * src[s, j]``
+    for k < 4 and ``u0 <= j < u1``."""
+    for j in range(u0, u1):
+        x = src[s, j]
+        dst[r0, j] += c0 * x
+        dst[r0 + 1, j] += c1 * x
+        dst[r0 + 2, j] += c2 * x
+        dst[r0 + 3, j] += c3 * x
+
+
+@jit(noalias=True)
+def row_rank4(dst, r, src, s0, u0, u1, c0, c1, c2, c3):
+    """The tile's tail when one row of ``dst`` is left: ``dst[r, j] += sum_m c_m src[s0 + m, j]``
+    for m < 4 and ``u0 <= j < u1``."""
+    for j in range(u0, u1):
+        dst[r, j] += (c0 * src[s0, j] + c1 * src[s0 + 1, j]
+                      + c2 * src[s0 + 2, j] + c3 * src[s0 + 3, j])
+
+
+@jit(noalias=True)
+def row_rank1(dst, r, src, s, u0, u1, c):
+    """``dst[r, j] += c * src[s, j]`` for ``u0 <= j < u1``."""
+    for j in range(u0, u1):
+        dst[r, j] += c * src[s, j]
+
+
 def dense_backward(dinp, dout, weight, inp, act):
     """Delta propagation: ``(dinp)_bj = f'(a_bj) * sum_i W_ij (dout)_bi`` (``W^T delta``).
 
@@ -236,33 +264,18 @@ def dense_backward(dinp, dout, weight, inp, act):
                            coefficients(dout, b0, i, dout.dtype.type(1.0), False))
                 i += 4
             while i < n_out:
-                c0 = dout[b0, i]
-                c1 = dout[b0 + 1, i]
-                c2 = dout[b0 + 2, i]
-                c3 = dout[b0 + 3, i]
-                for j in range(u0, u1):
-                    w0 = weight[i, j]
-                    dinp[b0, j] += c0 * w0
-                    dinp[b0 + 1, j] += c1 * w0
-                    dinp[b0 + 2, j] += c2 * w0
-                    dinp[b0 + 3, j] += c3 * w0
+                rank1_rows(dinp, b0, weight, i, u0, u1, dout[b0, i], dout[b0 + 1, i],
+                           dout[b0 + 2, i], dout[b0 + 3, i])
                 i += 1
         else:
             for b in range(b0, b1):
                 i = 0
                 while i + 4 <= n_out:
-                    c0 = dout[b, i]
-                    c1 = dout[b, i + 1]
-                    c2 = dout[b, i + 2]
-                    c3 = dout[b, i + 3]
-                    for j in range(u0, u1):
-                        dinp[b, j] += (c0 * weight[i, j] + c1 * weight[i + 1, j]
-                                       + c2 * weight[i + 2, j] + c3 * weight[i + 3, j])
+                    row_rank4(dinp, b, weight, i, u0, u1, dout[b, i], dout[b, i + 1],
+                              dout[b, i + 2], dout[b, i + 3])
                     i += 4
                 while i < n_out:
-                    c0 = dout[b, i]
-                    for j in range(u0, u1):
-                        dinp[b, j] += c0 * weight[i, j]
+                    row_rank1(dinp, b, weight, i, u0, u1, dout[b, i])
                     i += 1
         if act != IDENTITY:
             for b in range(b0, b1):
@@ -313,33 +326,20 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
                            coefficients(dout, b, i0, scale, True))
                 b += 4
             while b < B:
-                c0 = scale * dout[b, i0]
-                c1 = scale * dout[b, i0 + 1]
-                c2 = scale * dout[b, i0 + 2]
-                c3 = scale * dout[b, i0 + 3]
-                for j in range(u0, u1):
-                    x0 = inp[b, j]
-                    dweight[i0, j] += c0 * x0
-                    dweight[i0 + 1, j] += c1 * x0
-                    dweight[i0 + 2, j] += c2 * x0
-                    dweight[i0 + 3, j] += c3 * x0
+                rank1_rows(dweight, i0, inp, b, u0, u1, scale * dout[b, i0],
+                           scale * dout[b, i0 + 1], scale * dout[b, i0 + 2],
+                           scale * dout[b, i0 + 3])
                 b += 1
         else:
             for i in range(i0, i1):
                 b = 0
                 while b + 4 <= B:
-                    c0 = scale * dout[b, i]
-                    c1 = scale * dout[b + 1, i]
-                    c2 = scale * dout[b + 2, i]
-                    c3 = scale * dout[b + 3, i]
-                    for j in range(u0, u1):
-                        dweight[i, j] += (c0 * inp[b, j] + c1 * inp[b + 1, j]
-                                          + c2 * inp[b + 2, j] + c3 * inp[b + 3, j])
+                    row_rank4(dweight, i, inp, b, u0, u1, scale * dout[b, i],
+                              scale * dout[b + 1, i], scale * dout[b + 2, i],
+                              scale * dout[b + 3, i])
                     b += 4
                 while b < B:
-                    c0 = scale * dout[b, i]
-                    for j in range(u0, u1):
-                        dweight[i, j] += c0 * inp[b, j]
+                    row_rank1(dweight, i, inp, b, u0, u1, scale * dout[b, i])
                     b += 1
         if j0 == 0:
             for i in range(i0, i1):
