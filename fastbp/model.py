@@ -625,7 +625,7 @@ class MLP:
         S = knet.workspace_size(layout)
         fast = opt.is_plain_sgd() and sw is None
         grads = np.empty_like(params)
-        xbuf = np.empty(B * self.layer_sizes[0], dtype=dtype)
+        xbuf = np.empty(2 * B * self.layer_sizes[0], dtype=dtype)  # train_epoch: two batches
         ybuf = np.empty(B * self.layer_sizes[-1], dtype=dtype)
         acts = np.empty(max(B, 2) * S, dtype=dtype)  # the per-sample path needs two samples
         deltas = np.empty(B * S, dtype=dtype)

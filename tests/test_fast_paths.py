@@ -1,5 +1,5 @@
 """The speed-motivated parts of fastbp, checked for correctness (never for speed):
-the vectorizable exp, the threaded per-sample path, Hogwild, allocation-free training steps,
+the vectorizable exp, the threaded per-sample path, Hogwild, the deferred first-layer step, allocation-free training steps,
 ahead-of-time warm-up and the compile-cache bookkeeping."""
 import os
 import subprocess
@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 import fastbp
+import naive
 from fastbp import _cache, _config
 from fastbp.kernels import fused, network as knet
-from fastbp.kernels.activations import fast_exp
+from fastbp.kernels.activations import ACTIVATIONS, fast_exp
+from fastbp.kernels.layout import layer_params, make_layout
+from fastbp.kernels.losses import LOSSES
 
 
 
@@ -85,6 +88,68 @@ def test_hogwild_with_one_thread_is_the_ordinary_per_sample_path():
         a.fit(X_train[:200], y_train[:200], epochs=2, lr=0.3, hogwild=True)
         b.fit(X_train[:200], y_train[:200], epochs=2, lr=0.3)
     np.testing.assert_array_equal(a.params, b.params)
+
+
+# (sizes, activations, loss, batch, N, shuffled): ragged last batches, gathered batches, 1 to 3
+# layers
+DEFERRED_CASES = [
+    ((300, 64, 5), ("sigmoid", "sigmoid"), "mse", 16, 100, True),
+    ((129, 33, 17, 4), ("relu", "tanh", "softmax"), "cross_entropy", 8, 45, False),
+    ((257, 7), ("sigmoid",), "bce", 32, 70, True),
+]
+
+
+@pytest.mark.parametrize("case", DEFERRED_CASES, ids=["2-layer", "3-layer", "1-layer"])
+def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
+    """``train_epoch_deferred`` applies each batch's first-layer step inside the next batch's
+    forward sweep; the weights and the loss must be bitwise those of the plain batch loop
+    (which ``train_epoch`` takes when ``xbuf`` holds a single batch), and both must match
+    naive in-order mini-batch SGD."""
+    sizes, act_names, loss_name, B, N, shuffled = case
+    rng = np.random.default_rng(11)
+    X = rng.uniform(-1, 1, (N, sizes[0])).astype(dtype)
+    Y = rng.uniform(0.05, 0.95, (N, sizes[-1])).astype(dtype)
+    if loss_name == "cross_entropy":
+        Y = np.eye(sizes[-1], dtype=dtype)[rng.integers(0, sizes[-1], N)]
+    layout, P = make_layout(sizes, [ACTIVATIONS[a] for a in act_names])
+    p0 = rng.uniform(-0.2, 0.2, P).astype(dtype)
+    order = rng.permutation(N) if shuffled else np.arange(N)
+    S = knet.workspace_size(layout)
+    lr, loss = dtype(0.5), LOSSES[loss_name]
+
+    def epoch(run, xbuf_batches):
+        params = p0.copy()
+        xbuf = np.empty(xbuf_batches * B * sizes[0], dtype=dtype)
+        work = (np.empty(B * sizes[-1], dtype=dtype), np.empty(B * S, dtype=dtype),
+                np.empty(B * S, dtype=dtype))
+        total = run(params, X, Y, order, xbuf, *work)
+        return params, total
+
+    # min_par = 0: every layer kernel threaded, so the deferred path applies at any size
+    plain = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch(
+        p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0) * N, 1)
+    deferred = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch_deferred(
+        p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0), 2)
+    chosen = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch(
+        p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0) * N, 2)
+    assert not np.array_equal(plain[0], p0)
+    np.testing.assert_array_equal(deferred[0], plain[0])
+    np.testing.assert_array_equal(chosen[0], plain[0])
+    assert deferred[1] == pytest.approx(plain[1], rel=1e-12)
+    assert chosen[1] == pytest.approx(plain[1], rel=1e-12)
+
+    Ws, bs = [], []
+    for l in range(len(sizes) - 1):
+        w, b = layer_params(p0, layout, l)
+        Ws.append(w.astype(np.float64))
+        bs.append(b.astype(np.float64))
+    Ws, bs = naive.sgd_epoch(Ws, bs, list(act_names), loss_name, X[order].astype(np.float64),
+                             Y[order].astype(np.float64), float(lr), B)
+    tol = 1e-9 if dtype == np.float64 else 2e-4
+    for l in range(len(sizes) - 1):
+        w, b = layer_params(deferred[0], layout, l)
+        np.testing.assert_allclose(w, Ws[l], rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, bs[l], rtol=tol, atol=tol)
 
 
 def test_no_allocation_per_training_step():

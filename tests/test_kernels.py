@@ -16,6 +16,7 @@ import pytest
 import naive
 from fastbp import _config
 from fastbp import kernels as K
+from fastbp.kernels.dense import dense_step_forward
 
 ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")
 ALL_ACTS = ELEMENTWISE + ("softmax",)
@@ -198,6 +199,40 @@ def test_dense_grad_accumulates(variant, dtype, rng):
                f"n_out={n_out}"
         assert_within(W, W0 + ref_W, tol_W, what + " W")
         assert_within(b, b0 + ref_b, tol_b, what + " b")
+
+
+# ---- dense_step_forward: the previous batch's step, then the forward pass --------------------
+STEP_FORWARD_SHAPES = [  # (B_prev, B, n_in, n_out): another previous batch size, odd blocks
+    (3, 17, 600, 17), (17, 17, 129, 129), (5, 1, 1027, 6), (33, 129, 17, 129), (4, 4, 1, 1)]
+
+
+@pytest.mark.parametrize("act", ALL_ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_dense_step_forward_is_grad_then_forward_bitwise(act, dtype, rng):
+    """One sweep per 4-row block does what ``dense_grad(W, b, dprev, inp_prev, step, True)``
+    and then ``dense_forward`` do (both checked against naive above), bit for bit; without
+    ``back`` it is ``dense_forward`` alone. (129, 129) outputs take the threaded activation."""
+    code = K.ACTIVATIONS[act]
+    for B_prev, B, n_in, n_out in STEP_FORWARD_SHAPES:
+        X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        X_prev = rng.uniform(-1, 1, (B_prev, n_in)).astype(dtype)
+        W = rng.uniform(-0.1, 0.1, (n_out, n_in)).astype(dtype)
+        b = rng.uniform(-0.5, 0.5, n_out).astype(dtype)
+        d_prev = rng.normal(size=(B_prev, n_out)).astype(dtype)
+        step = dtype(-0.3 / B_prev)
+        for back in (True, False):
+            W1, b1, out1 = W.copy(), b.copy(), nan_filled((B, n_out), dtype)
+            dense_step_forward(out1, X, W1, b1, d_prev, X_prev, step, back, code)
+            W2, b2, out2 = W.copy(), b.copy(), nan_filled((B, n_out), dtype)
+            if back:
+                K.dense_grad(W2, b2, d_prev, X_prev, step, True)
+            K.dense_forward(out2, X, W2, b2, code)
+            what = f"B'={B_prev} B={B} n_in={n_in} n_out={n_out} back={back}"
+            np.testing.assert_array_equal(W1, W2, err_msg=what)
+            np.testing.assert_array_equal(b1, b2, err_msg=what)
+            np.testing.assert_array_equal(out1, out2, err_msg=what)
+            if back:
+                assert not np.array_equal(W1, W), what  # the step did happen
 
 
 # ---- output_delta and loss_sum ---------------------------------------------------------------

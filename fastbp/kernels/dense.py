@@ -21,6 +21,156 @@ CHUNK = 256
 # The gradient's column chunk (at most this wide, equal chunks): with its 4 rows of ``dW`` and 4
 # rows of the input it stays in L1.
 GRAD_CHUNK = 512
+# ``dense_step_forward`` applies an activation of up to this many ``ACT_CHUNK`` pieces on the
+# calling thread: a wake-up of the thread pool costs about as much as 4096 sigmoids.
+ACT_SERIAL_PARTS = 4
+
+
+@jit(noalias=True)
+def forward_rows4(out, inp, weight, bias, i0):
+    """Units ``i0 .. i0 + 3`` of ``dense_forward``'s sums (no activation): ``out[b, i] =
+    sum_j W_ij inp_bj + b_i`` for every sample. 4 (units) x 4 (samples) register tiles: 8 loads
+    feed 16 multiply-adds; a last 1 to 3 samples take 4 units x 1 sample."""
+    B, n_in = inp.shape
+    w0 = weight[i0]
+    w1 = weight[i0 + 1]
+    w2 = weight[i0 + 2]
+    w3 = weight[i0 + 3]
+    c0 = bias[i0]
+    c1 = bias[i0 + 1]
+    c2 = bias[i0 + 2]
+    c3 = bias[i0 + 3]
+    b = 0
+    while b + 4 <= B:
+        # a 4 (units) x 4 (samples) register tile: 8 loads feed 16 multiply-adds
+        x0 = inp[b]
+        x1 = inp[b + 1]
+        x2 = inp[b + 2]
+        x3 = inp[b + 3]
+        s00 = type(c0)(0.0)
+        s01 = s00
+        s02 = s00
+        s03 = s00
+        s10 = s00
+        s11 = s00
+        s12 = s00
+        s13 = s00
+        s20 = s00
+        s21 = s00
+        s22 = s00
+        s23 = s00
+        s30 = s00
+        s31 = s00
+        s32 = s00
+        s33 = s00
+        for j in range(n_in):
+            u0 = x0[j]
+            u1 = x1[j]
+            u2 = x2[j]
+            u3 = x3[j]
+            v = w0[j]
+            s00 += v * u0
+            s01 += v * u1
+            s02 += v * u2
+            s03 += v * u3
+            v = w1[j]
+            s10 += v * u0
+            s11 += v * u1
+            s12 += v * u2
+            s13 += v * u3
+            v = w2[j]
+            s20 += v * u0
+            s21 += v * u1
+            s22 += v * u2
+            s23 += v * u3
+            v = w3[j]
+            s30 += v * u0
+            s31 += v * u1
+            s32 += v * u2
+            s33 += v * u3
+        out[b, i0] = s00 + c0
+        out[b + 1, i0] = s01 + c0
+        out[b + 2, i0] = s02 + c0
+        out[b + 3, i0] = s03 + c0
+        out[b, i0 + 1] = s10 + c1
+        out[b + 1, i0 + 1] = s11 + c1
+        out[b + 2, i0 + 1] = s12 + c1
+        out[b + 3, i0 + 1] = s13 + c1
+        out[b, i0 + 2] = s20 + c2
+        out[b + 1, i0 + 2] = s21 + c2
+        out[b + 2, i0 + 2] = s22 + c2
+        out[b + 3, i0 + 2] = s23 + c2
+        out[b, i0 + 3] = s30 + c3
+        out[b + 1, i0 + 3] = s31 + c3
+        out[b + 2, i0 + 3] = s32 + c3
+        out[b + 3, i0 + 3] = s33 + c3
+        b += 4
+    while b < B:
+        x0 = inp[b]
+        s0 = type(c0)(0.0)
+        s1 = s0
+        s2 = s0
+        s3 = s0
+        for j in range(n_in):
+            u = x0[j]
+            s0 += w0[j] * u
+            s1 += w1[j] * u
+            s2 += w2[j] * u
+            s3 += w3[j] * u
+        out[b, i0] = s0 + c0
+        out[b, i0 + 1] = s1 + c1
+        out[b, i0 + 2] = s2 + c2
+        out[b, i0 + 3] = s3 + c3
+        b += 1
+
+
+@jit(noalias=True)
+def forward_row(out, inp, weight, bias, i):
+    """Unit ``i`` of ``dense_forward``'s sums, for the last 1 to 3 units: 1 unit x 4 samples at
+    a time, 4 independent sums."""
+    B, n_in = inp.shape
+    w = weight[i]
+    c = bias[i]
+    b = 0
+    while b + 4 <= B:
+        x0 = inp[b]
+        x1 = inp[b + 1]
+        x2 = inp[b + 2]
+        x3 = inp[b + 3]
+        s0 = type(c)(0.0)
+        s1 = s0
+        s2 = s0
+        s3 = s0
+        for j in range(n_in):
+            v = w[j]
+            s0 += v * x0[j]
+            s1 += v * x1[j]
+            s2 += v * x2[j]
+            s3 += v * x3[j]
+        out[b, i] = s0 + c
+        out[b + 1, i] = s1 + c
+        out[b + 2, i] = s2 + c
+        out[b + 3, i] = s3 + c
+        b += 4
+    while b < B:
+        x0 = inp[b]
+        s0 = type(c)(0.0)
+        for j in range(n_in):
+            s0 += w[j] * x0[j]
+        out[b, i] = s0 + c
+        b += 1
+
+
+@jit(noalias=True)
+def forward_units(out, inp, weight, bias, t):
+    """Block ``t`` of ``dense_forward``'s sums: units ``4 t .. 4 t + 3`` (fewer at the end)."""
+    n_out = weight.shape[0]
+    i0 = 4 * t
+    if i0 + 4 <= n_out:
+        forward_rows4(out, inp, weight, bias, i0)
+    else:
+        for i in range(i0, n_out):
+            forward_row(out, inp, weight, bias, i)
 
 
 def dense_forward(out, inp, weight, bias, act):
@@ -29,136 +179,12 @@ def dense_forward(out, inp, weight, bias, act):
     out (B, n_out), inp (B, n_in), weight (n_out, n_in), bias (n_out,), act: activation code
     (applied once all sums are done, in loops the compiler vectorizes: softmax row by row, the
     element-wise ones over the whole output in ``ACT_CHUNK`` pieces: ``activate_part``).
+    A thread owns whole 4-unit blocks (``forward_rows4``; the last 1 to 3 units ``forward_row``).
     """
-    B, n_in = inp.shape
+    B = inp.shape[0]
     n_out = weight.shape[0]
-    n_blk = (n_out + 3) // 4
-    for t in prange(n_blk):
-        i0 = 4 * t
-        if i0 + 4 <= n_out:
-            w0 = weight[i0]
-            w1 = weight[i0 + 1]
-            w2 = weight[i0 + 2]
-            w3 = weight[i0 + 3]
-            c0 = bias[i0]
-            c1 = bias[i0 + 1]
-            c2 = bias[i0 + 2]
-            c3 = bias[i0 + 3]
-            b = 0
-            while b + 4 <= B:
-                # a 4 (units) x 4 (samples) register tile: 8 loads feed 16 multiply-adds
-                x0 = inp[b]
-                x1 = inp[b + 1]
-                x2 = inp[b + 2]
-                x3 = inp[b + 3]
-                s00 = type(c0)(0.0)
-                s01 = s00
-                s02 = s00
-                s03 = s00
-                s10 = s00
-                s11 = s00
-                s12 = s00
-                s13 = s00
-                s20 = s00
-                s21 = s00
-                s22 = s00
-                s23 = s00
-                s30 = s00
-                s31 = s00
-                s32 = s00
-                s33 = s00
-                for j in range(n_in):
-                    u0 = x0[j]
-                    u1 = x1[j]
-                    u2 = x2[j]
-                    u3 = x3[j]
-                    v = w0[j]
-                    s00 += v * u0
-                    s01 += v * u1
-                    s02 += v * u2
-                    s03 += v * u3
-                    v = w1[j]
-                    s10 += v * u0
-                    s11 += v * u1
-                    s12 += v * u2
-                    s13 += v * u3
-                    v = w2[j]
-                    s20 += v * u0
-                    s21 += v * u1
-                    s22 += v * u2
-                    s23 += v * u3
-                    v = w3[j]
-                    s30 += v * u0
-                    s31 += v * u1
-                    s32 += v * u2
-                    s33 += v * u3
-                out[b, i0] = s00 + c0
-                out[b + 1, i0] = s01 + c0
-                out[b + 2, i0] = s02 + c0
-                out[b + 3, i0] = s03 + c0
-                out[b, i0 + 1] = s10 + c1
-                out[b + 1, i0 + 1] = s11 + c1
-                out[b + 2, i0 + 1] = s12 + c1
-                out[b + 3, i0 + 1] = s13 + c1
-                out[b, i0 + 2] = s20 + c2
-                out[b + 1, i0 + 2] = s21 + c2
-                out[b + 2, i0 + 2] = s22 + c2
-                out[b + 3, i0 + 2] = s23 + c2
-                out[b, i0 + 3] = s30 + c3
-                out[b + 1, i0 + 3] = s31 + c3
-                out[b + 2, i0 + 3] = s32 + c3
-                out[b + 3, i0 + 3] = s33 + c3
-                b += 4
-            while b < B:
-                x0 = inp[b]
-                s0 = type(c0)(0.0)
-                s1 = s0
-                s2 = s0
-                s3 = s0
-                for j in range(n_in):
-                    u = x0[j]
-                    s0 += w0[j] * u
-                    s1 += w1[j] * u
-                    s2 += w2[j] * u
-                    s3 += w3[j] * u
-                out[b, i0] = s0 + c0
-                out[b, i0 + 1] = s1 + c1
-                out[b, i0 + 2] = s2 + c2
-                out[b, i0 + 3] = s3 + c3
-                b += 1
-        else:
-            for i in range(i0, n_out):
-                # the last 1 to 3 units: one unit x 4 samples at a time, 4 independent sums
-                w = weight[i]
-                c = bias[i]
-                b = 0
-                while b + 4 <= B:
-                    x0 = inp[b]
-                    x1 = inp[b + 1]
-                    x2 = inp[b + 2]
-                    x3 = inp[b + 3]
-                    s0 = type(c)(0.0)
-                    s1 = s0
-                    s2 = s0
-                    s3 = s0
-                    for j in range(n_in):
-                        v = w[j]
-                        s0 += v * x0[j]
-                        s1 += v * x1[j]
-                        s2 += v * x2[j]
-                        s3 += v * x3[j]
-                    out[b, i] = s0 + c
-                    out[b + 1, i] = s1 + c
-                    out[b + 2, i] = s2 + c
-                    out[b + 3, i] = s3 + c
-                    b += 4
-                while b < B:
-                    x0 = inp[b]
-                    s0 = type(c)(0.0)
-                    for j in range(n_in):
-                        s0 += w[j] * x0[j]
-                    out[b, i] = s0 + c
-                    b += 1
+    for t in prange((n_out + 3) // 4):
+        forward_units(out, inp, weight, bias, t)
     if act != IDENTITY:
         n_parts = activation_parts(B, n_out, act)
         for t in prange(n_parts):
@@ -283,6 +309,14 @@ def dense_backward(dinp, dout, weight, inp, act):
                     dinp[b, j] *= activation_grad(inp[b, j], act)
 
 
+@jit()
+def grad_chunks(n_in):
+    """``(count, width)`` of the gradient's column chunks for ``n_in`` columns: equal chunks of
+    at most ``GRAD_CHUNK``, rounded up to whole 16-element vectors (the last one shorter)."""
+    n_chunks = (n_in + GRAD_CHUNK - 1) // GRAD_CHUNK
+    return n_chunks, ((n_in + n_chunks - 1) // n_chunks + 15) // 16 * 16
+
+
 def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     """Batch-summed outer products: ``dW (+)= scale * dout^T inp``, ``db (+)= scale * sum_b dout``.
 
@@ -300,58 +334,100 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     arguments do not alias and the compiler vectorizes the four row updates without run-time
     overlap checks.
     """
-    B, n_in = inp.shape
+    n_in = inp.shape[1]
     n_out = dweight.shape[0]
     n_blk = (n_out + 3) // 4
-    n_chunks = (n_in + GRAD_CHUNK - 1) // GRAD_CHUNK
-    width = ((n_in + n_chunks - 1) // n_chunks + 15) // 16 * 16  # equal chunks, whole vectors
+    n_chunks, width = grad_chunks(n_in)
     for t in prange(n_blk * n_chunks):
         # this thread owns rows i0..i1-1, columns j0..j1-1 of dW
         i0 = 4 * (t // n_chunks)
-        i1 = min(i0 + 4, n_out)
         j0 = min((t % n_chunks) * width, n_in)
-        j1 = min(j0 + width, n_in)
-        # unsigned column indices: numba then emits no negative-index wrap-around, which would
-        # keep the compiler from vectorizing the column loops
-        u0 = np.uint64(j0)
-        u1 = np.uint64(j1)
-        if not accumulate:
-            for i in range(i0, i1):
-                for j in range(u0, u1):
-                    dweight[i, j] = 0
-        if i1 - i0 == 4:
+        grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out), j0,
+                   min(j0 + width, n_in))
+
+
+@jit(noalias=True)
+def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1):
+    """One tile of ``dense_grad``: rows ``i0 .. i1 - 1`` (at most 4), columns ``j0 .. j1 - 1`` of
+    ``dW``, and those rows of ``db`` when ``j0 == 0``."""
+    B = inp.shape[0]
+    # unsigned column indices: numba then emits no negative-index wrap-around, which would
+    # keep the compiler from vectorizing the column loops
+    u0 = np.uint64(j0)
+    u1 = np.uint64(j1)
+    if not accumulate:
+        for i in range(i0, i1):
+            for j in range(u0, u1):
+                dweight[i, j] = 0
+    if i1 - i0 == 4:
+        b = 0
+        while b + 4 <= B:
+            rank4_rows(dweight, i0, inp, b, u0, u1, coefficients(dout, b, i0, scale, True))
+            b += 4
+        while b < B:
+            rank1_rows(dweight, i0, inp, b, u0, u1, scale * dout[b, i0],
+                       scale * dout[b, i0 + 1], scale * dout[b, i0 + 2],
+                       scale * dout[b, i0 + 3])
+            b += 1
+    else:
+        for i in range(i0, i1):
             b = 0
             while b + 4 <= B:
-                rank4_rows(dweight, i0, inp, b, u0, u1,
-                           coefficients(dout, b, i0, scale, True))
+                row_rank4(dweight, i, inp, b, u0, u1, scale * dout[b, i],
+                          scale * dout[b + 1, i], scale * dout[b + 2, i],
+                          scale * dout[b + 3, i])
                 b += 4
             while b < B:
-                rank1_rows(dweight, i0, inp, b, u0, u1, scale * dout[b, i0],
-                           scale * dout[b, i0 + 1], scale * dout[b, i0 + 2],
-                           scale * dout[b, i0 + 3])
+                row_rank1(dweight, i, inp, b, u0, u1, scale * dout[b, i])
                 b += 1
+    if j0 == 0:
+        for i in range(i0, i1):
+            s = dbias.dtype.type(0.0)
+            for b in range(B):
+                s += dout[b, i]
+            if accumulate:
+                dbias[i] += scale * s
+            else:
+                dbias[i] = scale * s
+
+
+def dense_step_forward(out, inp, weight, bias, dprev, inp_prev, step, back, act):
+    """The previous batch's plain SGD step on this layer, then this batch's forward pass, in one
+    sweep over ``W``: ``W += step * dprev^T inp_prev``, ``b += step * sum_b dprev`` (when
+    ``back``), then ``out = f(inp W^T + b)`` with the updated ``W`` and ``b``.
+
+    out (B, n_out), inp (B, n_in), weight (n_out, n_in), bias (n_out,), dprev (B', n_out) the
+    previous batch's delta, inp_prev (B', n_in) its input, step = -lr / B' of the arrays' dtype,
+    back: apply the step, act: activation code. ``dense_grad(W, b, dprev, inp_prev, step, True)``
+    followed by ``dense_forward(out, inp, W, b, act)`` computes the same numbers, bit for bit,
+    with two thread-pool wake-ups instead of one: here a thread owns 4-row blocks of ``W`` and
+    updates them (``grad_block``, every column chunk) just before it takes their sums for the
+    new batch (``forward_units``), while they are still in its cache. Element-wise activations
+    of a small output (up to ``ACT_SERIAL_PARTS`` pieces) run on the calling thread.
+    Threaded only (no ``_serial`` twin): without threads the two kernels cost the same.
+    """
+    B = inp.shape[0]
+    n_out, n_in = weight.shape
+    n_chunks, width = grad_chunks(n_in)
+    for t in prange((n_out + 3) // 4):
+        if back:
+            i0 = 4 * t
+            for c in range(n_chunks):
+                j0 = min(c * width, n_in)
+                grad_block(weight, bias, dprev, inp_prev, step, True, i0, min(i0 + 4, n_out),
+                           j0, min(j0 + width, n_in))
+        forward_units(out, inp, weight, bias, t)
+    if act != IDENTITY:
+        n_parts = activation_parts(B, n_out, act)
+        if n_parts <= ACT_SERIAL_PARTS:
+            for t in range(n_parts):
+                activate_part(out, act, t, n_parts)
         else:
-            for i in range(i0, i1):
-                b = 0
-                while b + 4 <= B:
-                    row_rank4(dweight, i, inp, b, u0, u1, scale * dout[b, i],
-                              scale * dout[b + 1, i], scale * dout[b + 2, i],
-                              scale * dout[b + 3, i])
-                    b += 4
-                while b < B:
-                    row_rank1(dweight, i, inp, b, u0, u1, scale * dout[b, i])
-                    b += 1
-        if j0 == 0:
-            for i in range(i0, i1):
-                s = dbias.dtype.type(0.0)
-                for b in range(B):
-                    s += dout[b, i]
-                if accumulate:
-                    dbias[i] += scale * s
-                else:
-                    dbias[i] = scale * s
+            for t in prange(n_parts):
+                activate_part(out, act, t, n_parts)
 
 
 dense_forward_serial, dense_forward = jit_pair(dense_forward)
 dense_backward_serial, dense_backward = jit_pair(dense_backward)
 dense_grad_serial, dense_grad = jit_pair(dense_grad)
+dense_step_forward = jit(parallel=True)(dense_step_forward)
