@@ -2,11 +2,14 @@
 
 Dense layers are square, ``width`` inputs and ``width`` outputs with a sigmoid, ``batch`` rows.
 The threaded kernels (``dense_forward``, ...) are timed at each thread count, their serial
-twins (``dense_forward_serial``, ...) once per shape.
+twins (``dense_forward_serial``, ...) once per shape; ``dense_step_forward`` (the previous
+batch's SGD step and this batch's forward pass in one sweep, threaded only) with the threaded
+ones.
 """
 import numpy as np
 
 from fastbp import kernels as K
+from fastbp.kernels.dense import dense_step_forward
 
 from .common import BATCHES, DTYPES, FAST, THREADS, WIDTHS, Benchmark
 
@@ -30,6 +33,7 @@ def _dense_buffers(width, batch, dtype, seed=0):
         "dweight": np.empty((width, width), dtype=dt),
         "dbias": np.empty(width, dtype=dt),
         "scale": dt.type(1.0 / batch),
+        "step": dt.type(-1e-6 / batch),  # a small SGD step: the weights barely move per call
     }
 
 
@@ -68,6 +72,13 @@ class DenseLayer(_DenseLayerBase):
     def setup(self, width, batch, dtype, threads):
         self.pin_threads(threads)
         self._setup(width, batch, dtype)
+        self.time_step_forward()
+
+    def time_step_forward(self, *params):
+        """``dense_step_forward``: the step ``W += step * dout^T inp``, then the forward pass."""
+        b = self.b
+        dense_step_forward(b["out"], b["inp"], b["weight"], b["bias"], b["dout"], b["inp"],
+                           b["step"], True, K.SIGMOID)
 
 
 class DenseLayerSerial(_DenseLayerBase):
