@@ -130,8 +130,10 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
         p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0) * N, 1)
     deferred = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch_deferred(
         p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0), 2)
+    # min_par = 4096: only the first layer threaded, so train_epoch picks the deferred path
+    assert knet.defer_first_step(B, p0, layout, 4096)
     chosen = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch(
-        p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0) * N, 2)
+        p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 4096) * N, 2)
     assert not np.array_equal(plain[0], p0)
     np.testing.assert_array_equal(deferred[0], plain[0])
     np.testing.assert_array_equal(chosen[0], plain[0])
@@ -150,6 +152,27 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
         w, b = layer_params(deferred[0], layout, l)
         np.testing.assert_allclose(w, Ws[l], rtol=tol, atol=tol)
         np.testing.assert_allclose(b, bs[l], rtol=tol, atol=tol)
+
+
+def test_when_the_first_layer_step_is_deferred():
+    """Deferred only where measured to pay: first layer threaded, later layers on the calling
+    thread, and half of W_0 plus two batches of input within DEFER_MAX_BYTES."""
+    sig = [ACTIVATIONS["sigmoid"]] * 3
+    par = knet.PARALLEL_MIN_WORK
+
+    def defer(sizes, B, dtype=np.float32, min_par=par):
+        layout, P = make_layout(sizes, sig[:len(sizes) - 1])
+        return bool(knet.defer_first_step(B, np.zeros(P, dtype=dtype), layout, min_par))
+
+    assert defer((784, 128, 10), 32)                       # mnist-b32: 200 + 200 kB
+    assert defer((784, 128, 10), 64)
+    assert defer((784, 128, 10), 17, np.float64)
+    assert not defer((784, 128, 10), 96)                   # 200 + 602 kB
+    assert not defer((784, 128, 10), 256)
+    assert not defer((784, 128, 10), 32, np.float64)       # 401 + 401 kB
+    assert not defer((784, 128, 10), 32, min_par=knet.SERIAL_ONLY)   # one thread
+    assert not defer((64, 32, 10), 32)                     # first layer too small to share
+    assert not defer((784, 128, 512, 10), 32)              # a later layer is threaded too
 
 
 def test_no_allocation_per_training_step():

@@ -22,11 +22,15 @@ PARALLEL_MIN_WORK = 1 << 15
 SERIAL_ONLY = np.iinfo(np.int64).max
 
 
-# ``train_epoch`` defers the first layer's step (``train_epoch_deferred``) while two batches of
-# input take at most this many bytes: each thread then reads both for every 4-row block, and
-# they must stay in its L2 cache. 784-128-10, float32, 2 threads: batch 32 7 % faster (90.2 ->
-# 83.6 us per step), 64 5 %, 96 4 %, 128 (800 kB) even, 256 7 % slower.
-DEFER_MAX_BYTES = 1 << 19
+# ``train_epoch`` defers the first layer's step (``train_epoch_deferred``) when the first layer
+# is shared between threads, every later layer runs on the calling thread, and half of ``W_0``
+# plus two batches of input take at most this many bytes (each of two threads then reads both
+# batches for every 4-row block of its half of ``W_0``: they must stay in its L2 cache).
+# Measured in paired runs, plain loop against deferred, float32 unless said, 2 threads:
+# 784-128-10: batch 17 0.885, 32 0.93 on a quiet machine (0.99 to 1.02 in busy phases), 64
+# 0.95, 96 0.96, 128 1.0, 256 1.07; float64 batch 17 0.94, 24 0.97, 32 1.03 to 1.04;
+# 784-512-10 batch 32 0.94 and 1.05; 256-256-10 batch 64 (second layer threaded) 1.03, 1.04.
+DEFER_MAX_BYTES = 640 << 10
 
 # A mini-batch layer kernel needs BATCH_FACTOR times that much work: its threads split the
 # layer into 4-row blocks, and a narrow layer has too few of them to pay for the pool (on
@@ -199,18 +203,16 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     dtype; workspaces xbuf (>= 2 * batch_size * n_0; the deferred path below needs two
     batches, and is skipped with a buffer of one), ybuf (>= batch_size * n_L),
     acts (>= max(batch_size, 2) * sum_l n_out_l), deltas (>= batch_size * sum_l n_out_l).
-    Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`). When the first
-    layer is shared between threads and two batches of input fit in ``DEFER_MAX_BYTES``, its
-    step is deferred (``train_epoch_deferred``).
+    Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
+    ``defer_first_step`` says so, the first layer's step is deferred (``train_epoch_deferred``).
     """
     N, n0 = X.shape
     if batch_size == 1:
         S = workspace_size(layout)
         return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
                               acts[:2 * S].reshape((2, S)), deltas[:S], min_par) / N
-    w0, _ = layer_params(params, layout, 0)
-    if (batch_threaded(batch_size, w0, min_par) and xbuf.shape[0] >= 2 * batch_size * n0
-            and 2 * batch_size * n0 * X.itemsize <= DEFER_MAX_BYTES):
+    if xbuf.shape[0] >= 2 * batch_size * n0 and defer_first_step(batch_size, params, layout,
+                                                                 min_par):
         return train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf,
                                     ybuf, acts, deltas, min_par) / N
     total = 0.0
@@ -220,6 +222,21 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
         total += loss_sum(out, y, loss)
         backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par)
     return total / N
+
+
+@jit()
+def defer_first_step(B, params, layout, min_par):
+    """Whether ``train_epoch`` defers the first layer's step for batches of ``B``: the first
+    layer's kernels are threaded, no later layer's are, and half of ``W_0`` plus two batches of
+    input fit in ``DEFER_MAX_BYTES``."""
+    w0, _ = layer_params(params, layout, 0)
+    if not batch_threaded(B, w0, min_par):
+        return False
+    for l in range(1, layout.shape[0]):
+        w, _ = layer_params(params, layout, l)
+        if batch_threaded(B, w, min_par):
+            return False
+    return (w0.size // 2 + 2 * B * w0.shape[1]) * params.itemsize <= DEFER_MAX_BYTES
 
 
 @jit()
