@@ -26,7 +26,7 @@ SERIAL_ONLY = np.iinfo(np.int64).max
 # is shared between threads, every later layer runs on the calling thread, and half of ``W_0``
 # plus two batches of input take at most this many bytes (each of two threads then reads both
 # batches for every 4-row block of its half of ``W_0``: they must stay in its L2 cache).
-# Measured in paired runs, plain loop against deferred, float32 unless said, 2 threads:
+# Deferred epoch time over plain-loop time, paired runs, float32 unless said, 2 threads:
 # 784-128-10: batch 17 0.885, 32 0.93 on a quiet machine (0.99 to 1.02 in busy phases), 64
 # 0.95, 96 0.96, 128 1.0, 256 1.07; float64 batch 17 0.94, 24 0.97, 32 1.03 to 1.04;
 # 784-512-10 batch 32 0.94 and 1.05; 256-256-10 batch 64 (second layer threaded) 1.03, 1.04.
@@ -244,7 +244,8 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
                          deltas, min_par):
     """``train_epoch``'s batches with the first layer's step deferred: batch ``t``'s step on
     ``W_0`` runs in the same threaded sweep as batch ``t + 1``'s first-layer forward pass
-    (``dense_step_forward``), one thread-pool wake-up instead of two. The numbers are
+    (``dense_step_forward``): one thread-pool wake-up for the first layer instead of three
+    (gradient, sums, activation). The numbers are
     ``train_epoch``'s, bit for bit: batch ``t + 1`` still sees every update of batch ``t``
     (layers above the first are stepped at once, as before). The last batch's step is applied
     at the end. Batches are gathered into alternate halves of ``xbuf`` (the previous batch's
