@@ -154,6 +154,18 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
         np.testing.assert_allclose(b, bs[l], rtol=tol, atol=tol)
 
 
+def test_gather_rows_copies_the_rows_in_order(dtype):
+    """The shuffled-batch gather: ``dst[k] = src[order[start + k]]``, nothing else written."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 37)).astype(dtype)
+    order = rng.permutation(50)
+    buf = np.full(9 * 37 + 5, np.nan, dtype=dtype)
+    dst = buf[:9 * 37].reshape(9, 37)
+    knet.gather_rows(dst, X, order, 40)
+    np.testing.assert_array_equal(dst, X[order[40:49]])
+    assert np.isnan(buf[9 * 37:]).all()
+
+
 def test_when_the_first_layer_step_is_deferred():
     """Deferred only where measured to pay: first layer threaded, later layers on the calling
     thread, and half of W_0 plus two batches of input within DEFER_MAX_BYTES."""

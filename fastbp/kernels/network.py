@@ -185,11 +185,23 @@ def batch_rows(X, Y, order, start, B, xbuf, ybuf):
         if order[start + r] != first + r:
             x = xbuf[:B * n0].reshape((B, n0))
             y = ybuf[:B * m].reshape((B, m))
-            for k in range(B):
-                x[k] = X[order[start + k]]
-                y[k] = Y[order[start + k]]
+            gather_rows(x, X, order, start)
+            gather_rows(y, Y, order, start)
             return x, y
     return X[first:first + B], Y[first:first + B]
+
+
+@jit(noalias=True)
+def gather_rows(dst, src, order, start):
+    """``dst[k] = src[order[start + k]]`` for every row ``k`` of ``dst`` (dst (B, n) must not
+    overlap src (N, n)). Element loops: numba compiles them to a vectorized copy, where a
+    row-slice assignment ``dst[k] = src[i]`` took twice as long (32 shuffled rows of 784
+    float32 from a 100 MB array: 11.0 against 21.6 us)."""
+    n = dst.shape[1]
+    for k in range(dst.shape[0]):
+        i = order[start + k]
+        for j in range(n):
+            dst[k, j] = src[i, j]
 
 
 @jit()

@@ -20,7 +20,7 @@ import numpy as np
 from .._config import jit
 from .layout import ACT, layer_rows
 from .losses import loss_sum, output_delta
-from .network import backward_batch, backward_from_delta, forward_batch
+from .network import backward_batch, backward_from_delta, forward_batch, gather_rows
 from .optim import apply_update
 
 
@@ -87,12 +87,11 @@ def train_segment(params, grads, X, Y, sw, order, start, stop, batch_size, layou
         x = xbuf[:B * n0].reshape((B, n0))
         y = ybuf[:B * m].reshape((B, m))
         w = wbuf[:B]
-        for r in range(B):
-            i = order[b0 + r]
-            x[r] = X[i]
-            y[r] = Y[i]
-            if weighted:
-                w[r] = sw[i]
+        gather_rows(x, X, order, b0)
+        gather_rows(y, Y, order, b0)
+        if weighted:
+            for r in range(B):
+                w[r] = sw[order[b0 + r]]
         out = forward_batch(acts, x, params, layout, min_par)
         if weighted:
             total += weighted_loss_sum(out, y, w, loss)
