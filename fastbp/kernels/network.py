@@ -67,8 +67,15 @@ def forward_batch(acts, x, params, layout, min_par):
     acts (>= B * sum_l n_out_l,) workspace, x (B, n_0) -> view of a_L (B, n_L).
     """
     B = x.shape[0]
+    layer_forward(layer_rows(acts, layout, 0, B), x, params, layout, 0, min_par)
+    return forward_upper(acts, B, params, layout, min_par)
+
+
+@jit()
+def forward_upper(acts, B, params, layout, min_par):
+    """``forward_batch`` above the first layer, whose output a_0 must be in its slot of
+    ``acts``: a_1 .. a_L of the B samples -> view of a_L (B, n_L)."""
     a = layer_rows(acts, layout, 0, B)
-    layer_forward(a, x, params, layout, 0, min_par)
     for l in range(1, layout.shape[0]):
         out = layer_rows(acts, layout, l, B)
         layer_forward(out, a, params, layout, l, min_par)
@@ -264,7 +271,6 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
     rows are still needed). Returns the loss sum.
     """
     N, n0 = X.shape
-    L = layout.shape[0]
     w0, b0 = layer_params(params, layout, 0)
     total = 0.0
     B_prev = 0
@@ -274,14 +280,10 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
     for k, start in enumerate(range(0, N, batch_size)):
         B = min(batch_size, N - start)
         x, y = batch_rows(X, Y, order, start, B, xbuf[(k % 2) * half:(k % 2 + 1) * half], ybuf)
-        a = layer_rows(acts, layout, 0, B)
-        dense_step_forward(a, x, w0, b0, layer_rows(deltas, layout, 0, B_prev), x_prev,
-                           step_prev, B_prev > 0, layout[0, ACT])
-        for l in range(1, L):
-            out = layer_rows(acts, layout, l, B)
-            layer_forward(out, a, params, layout, l, min_par)
-            a = out
-        total += loss_sum(a, y, loss)
+        dense_step_forward(layer_rows(acts, layout, 0, B), x, w0, b0,
+                           layer_rows(deltas, layout, 0, B_prev), x_prev, step_prev, B_prev > 0,
+                           layout[0, ACT])
+        total += loss_sum(forward_upper(acts, B, params, layout, min_par), y, loss)
         step_prev = -lr / params.dtype.type(B)
         backward_sgd_upper(deltas, acts, y, params, layout, loss, step_prev, min_par)
         B_prev = B
