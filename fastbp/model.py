@@ -646,8 +646,6 @@ class MLP:
             T = max(1, min(get_num_threads(), N))
             acts_h = np.empty((T, 2, S), dtype=dtype)
             deltas_h = np.empty((T, S), dtype=dtype)
-        if fast and progress:  # train_epoch walks all of X: hand it the epoch's rows in order
-            Xp, Yp = np.empty_like(X), np.empty_like(Y)
         if val is not None:
             Xv, Yv, swv = val
             out_v = np.empty((Xv.shape[0], self.layer_sizes[-1]), dtype=dtype)
@@ -680,15 +678,12 @@ class MLP:
                             loss = float(knet.train_epoch(params, grads, X, Y, order, B, lr_t, layout,
                                                           code, xbuf, ybuf, acts, deltas, min_par))
                         else:
-                            np.take(X, order, axis=0, out=Xp)
-                            np.take(Y, order, axis=0, out=Yp)
                             total = 0.0
                             for start in range(0, N, seg):
                                 stop = min(start + seg, N)
-                                part = knet.train_epoch(params, grads, Xp[start:stop],
-                                                        Yp[start:stop], identity[:stop - start], B,
-                                                        lr_t, layout, code, xbuf, ybuf, acts, deltas,
-                                                        min_par)
+                                part = knet.train_epoch(params, grads, X, Y, order[start:stop],
+                                                        B, lr_t, layout, code, xbuf, ybuf, acts,
+                                                        deltas, min_par)
                                 total += float(part) * (stop - start)
                                 show.advance(stop - start, total / stop)
                             loss = total / N

@@ -154,6 +154,41 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
         np.testing.assert_allclose(b, bs[l], rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("B, min_par", [(1, 4096), (8, 4096), (8, 0)],
+                         ids=["per-sample", "deferred", "plain"])
+def test_train_epoch_on_slices_of_the_order_is_the_whole_epoch(B, min_par, dtype):
+    """``train_epoch`` trains on the samples its ``order`` names: an epoch run as two calls on
+    slices of the order (what ``fit(progress=True)`` does) gives the one-call weights, bit for
+    bit, and the same loss; rows of X outside the order are never read."""
+    sizes = (300, 64, 5)
+    rng = np.random.default_rng(5)
+    N = 60
+    X = rng.uniform(-1, 1, (N, sizes[0])).astype(dtype)
+    Y = rng.uniform(0.05, 0.95, (N, sizes[-1])).astype(dtype)
+    layout, P = make_layout(sizes, [ACTIVATIONS["sigmoid"]] * 2)
+    p0 = rng.uniform(-0.2, 0.2, P).astype(dtype)
+    order = rng.permutation(N)[:44]  # 16 samples never visited: NaN rows must not matter
+    X[np.setdiff1d(np.arange(N), order)] = np.nan
+    S = knet.workspace_size(layout)
+    lr, loss = dtype(0.5), LOSSES["mse"]
+    if B > 1:
+        assert knet.defer_first_step(B, p0, layout, min_par) == (min_par == 4096)
+
+    def run(params, o):
+        work = (np.empty(2 * B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
+                np.empty(max(B, 2) * S, dtype=dtype), np.empty(B * S, dtype=dtype))
+        return knet.train_epoch(params, params, X, Y, o, B, lr, layout, loss, *work, min_par)
+
+    whole = p0.copy()
+    mean = run(whole, order)
+    parts = p0.copy()
+    k = 24  # a multiple of the batch size (and even, as the per-sample path wants)
+    mean_parts = (run(parts, order[:k]) * k + run(parts, order[k:]) * (44 - k)) / 44
+    assert np.isfinite(whole).all() and not np.array_equal(whole, p0)
+    np.testing.assert_array_equal(parts, whole)
+    assert mean_parts == pytest.approx(mean, rel=1e-12)
+
+
 def test_gather_rows_copies_the_rows_in_order(dtype):
     """The shuffled-batch gather: ``dst[k] = src[order[start + k]]``, nothing else written."""
     rng = np.random.default_rng(3)

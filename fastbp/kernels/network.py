@@ -218,14 +218,17 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     gradient kernels); returns the mean training loss (each batch's
     loss measured before its update, as scikit-learn's ``loss_curve_``).
 
-    params, grads (P,); X (N, n_0), Y (N, n_L); order (N,) int64 sample order; lr of params'
-    dtype; workspaces xbuf (>= 2 * batch_size * n_0; the deferred path below needs two
+    params, grads (P,); X (N, n_0), Y (N, n_L); order (n,) int64: the samples to train on, in
+    the order they are visited (a permutation of 0..N-1 for a whole epoch; a slice of one for
+    a part of it: the epoch's batches that start at multiples of ``batch_size`` in ``order``);
+    lr of params' dtype; workspaces xbuf (>= 2 * batch_size * n_0; the deferred path below needs two
     batches, and is skipped with a buffer of one), ybuf (>= batch_size * n_L),
     acts (>= max(batch_size, 2) * sum_l n_out_l), deltas (>= batch_size * sum_l n_out_l).
     Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
     ``defer_first_step`` says so, the first layer's step is deferred (``train_epoch_deferred``).
     """
-    N, n0 = X.shape
+    N = order.shape[0]
+    n0 = X.shape[1]
     if batch_size == 1:
         S = workspace_size(layout)
         return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
@@ -270,7 +273,8 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
     at the end. Batches are gathered into alternate halves of ``xbuf`` (the previous batch's
     rows are still needed). Returns the loss sum.
     """
-    N, n0 = X.shape
+    N = order.shape[0]
+    n0 = X.shape[1]
     w0, b0 = layer_params(params, layout, 0)
     total = 0.0
     B_prev = 0
