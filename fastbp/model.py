@@ -765,13 +765,11 @@ class MLP:
         P, n0, m = self._params.shape[0], self.layer_sizes[0], self.layer_sizes[-1]
         B = min(run["batch_size"], N)
         S = knet.workspace_size(self._layout)
-        fast = opt.is_plain_sgd() and sw is None
-        weighted, progress, hogwild = sw is not None, run["progress"], run["hogwild"]
+        weighted, hogwild = sw is not None, run["hogwild"]
         n_buf = len(opt._needed_buffers())
         fresh = sum(1 for k in opt._needed_buffers() if opt._state.get(k) is None)
         elems = (P * (2 + n_buf + fresh)  # gradients, snapshots, new optimizer state
-                 + B * (n0 + m) + max(B, 2) * S + B * S + (B if weighted else 0)
-                 + (N * (n0 + m) if fast and progress else 0)
+                 + B * (2 * n0 + m) + max(B, 2) * S + B * S + (B if weighted else 0)
                  + (3 * S * max(1, min(get_num_threads(), N)) if hogwild else 0))
         if val is not None:
             elems += val[0].shape[0] * m + min(val[0].shape[0], PREDICT_CHUNK) * S
