@@ -221,8 +221,8 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     params, grads (P,); X (N, n_0), Y (N, n_L); order (n,) int64: the samples to train on, in
     the order they are visited (a permutation of 0..N-1 for a whole epoch; a slice of one for
     a part of it: the epoch's batches that start at multiples of ``batch_size`` in ``order``);
-    lr of params' dtype; workspaces xbuf (>= 2 * batch_size * n_0; the deferred path below needs two
-    batches, and is skipped with a buffer of one), ybuf (>= batch_size * n_L),
+    lr of params' dtype; workspaces xbuf (>= 2 * batch_size * n_0; the deferred path below
+    needs two batches, and is skipped with a buffer of one), ybuf (>= batch_size * n_L),
     acts (>= max(batch_size, 2) * sum_l n_out_l), deltas (>= batch_size * sum_l n_out_l).
     Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
     ``defer_first_step`` says so, the first layer's step is deferred (``train_epoch_deferred``).
