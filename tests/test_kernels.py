@@ -16,7 +16,7 @@ import pytest
 import naive
 from fastbp import _config
 from fastbp import kernels as K
-from fastbp.kernels.dense import dense_step_forward
+from fastbp.kernels.dense import deferred_sweep
 
 ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")
 ALL_ACTS = ELEMENTWISE + ("softmax",)
@@ -201,38 +201,61 @@ def test_dense_grad_accumulates(variant, dtype, rng):
         assert_within(b, b0 + ref_b, tol_b, what + " b")
 
 
-# ---- dense_step_forward: the previous batch's step, then the forward pass --------------------
-STEP_FORWARD_SHAPES = [  # (B_prev, B, n_in, n_out): another previous batch size, odd blocks
-    (3, 17, 600, 17), (17, 17, 129, 129), (5, 1, 1027, 6), (33, 129, 17, 129), (4, 4, 1, 1)]
+# ---- deferred_sweep: the previous batch's steps on two layers, then the forward pass ---------
+STEP_FORWARD_SHAPES = [  # (B_prev, B, n_in, n_out, m): another previous batch size, odd blocks
+    (3, 17, 600, 17, 5), (17, 17, 129, 129, 11), (5, 1, 1027, 6, 0), (33, 129, 17, 129, 4),
+    (4, 4, 1, 1, 1), (32, 32, 784, 128, 10), (6, 0, 40, 70, 3)]
 
 
 @pytest.mark.parametrize("act", ALL_ACTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_dense_step_forward_is_grad_then_forward_bitwise(act, dtype, rng):
-    """One sweep per 4-row block does what ``dense_grad(W, b, dprev, inp_prev, step, True)``
-    and then ``dense_forward`` do (both checked against naive above), bit for bit; without
-    ``back`` it is ``dense_forward`` alone. (129, 129) outputs take the threaded activation."""
+def test_deferred_sweep_is_the_four_kernels_bitwise(act, dtype, rng):
+    """One region does what ``dense_backward`` (delta propagation through the next layer),
+    ``dense_grad`` on the next layer, ``dense_grad`` on this one and then ``dense_forward`` do
+    (all checked against naive above), bit for bit, for any number of tasks; with a next layer
+    of 0 units ``dprev`` is given and only read; without ``back`` it is ``dense_forward``
+    alone; with a batch of 0 rows only the steps run."""
     code = K.ACTIVATIONS[act]
-    for B_prev, B, n_in, n_out in STEP_FORWARD_SHAPES:
+    for B_prev, B, n_in, n_out, m in STEP_FORWARD_SHAPES:
         X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
         X_prev = rng.uniform(-1, 1, (B_prev, n_in)).astype(dtype)
         W = rng.uniform(-0.1, 0.1, (n_out, n_in)).astype(dtype)
         b = rng.uniform(-0.5, 0.5, n_out).astype(dtype)
-        d_prev = rng.normal(size=(B_prev, n_out)).astype(dtype)
+        a_prev = rng.uniform(0.05, 0.95, (B_prev, n_out)).astype(dtype)
+        W_next = rng.uniform(-0.3, 0.3, (m, n_out)).astype(dtype)
+        b_next = rng.uniform(-0.5, 0.5, m).astype(dtype)
+        d_next = rng.normal(size=(B_prev, m)).astype(dtype)
+        d_given = rng.normal(size=(B_prev, n_out)).astype(dtype)
         step = dtype(-0.3 / B_prev)
-        for back in (True, False):
-            W1, b1, out1 = W.copy(), b.copy(), nan_filled((B, n_out), dtype)
-            dense_step_forward(out1, X, W1, b1, d_prev, X_prev, step, back, code)
-            W2, b2, out2 = W.copy(), b.copy(), nan_filled((B, n_out), dtype)
+        for back, n_tasks in ((True, 1), (True, 2), (True, 3), (True, 7), (False, 2)):
+            what = f"B'={B_prev} B={B} n_in={n_in} n_out={n_out} m={m} back={back} " \
+                   f"tasks={n_tasks}"
+            W2, b2, Wn2, bn2 = W.copy(), b.copy(), W_next.copy(), b_next.copy()
+            d2 = d_given.copy() if m == 0 else nan_filled((B_prev, n_out), dtype)
+            out2 = nan_filled((B, n_out), dtype)
             if back:
-                K.dense_grad(W2, b2, d_prev, X_prev, step, True)
+                if m > 0:
+                    K.dense_backward(d2, d_next, Wn2, a_prev, code)
+                    K.dense_grad(Wn2, bn2, d_next, a_prev, step, True)
+                K.dense_grad(W2, b2, d2, X_prev, step, True)
             K.dense_forward(out2, X, W2, b2, code)
-            what = f"B'={B_prev} B={B} n_in={n_in} n_out={n_out} back={back}"
+            W1, b1, Wn1, bn1 = W.copy(), b.copy(), W_next.copy(), b_next.copy()
+            d1 = d_given.copy() if m == 0 else nan_filled((B_prev, n_out), dtype)
+            out1 = nan_filled((B, n_out), dtype)
+            deferred_sweep(out1, d1, X, X_prev, a_prev, d_next, W1, b1, Wn1, bn1, step, back,
+                           code, n_tasks)
             np.testing.assert_array_equal(W1, W2, err_msg=what)
             np.testing.assert_array_equal(b1, b2, err_msg=what)
+            np.testing.assert_array_equal(Wn1, Wn2, err_msg=what)
+            np.testing.assert_array_equal(bn1, bn2, err_msg=what)
             np.testing.assert_array_equal(out1, out2, err_msg=what)
             if back:
+                np.testing.assert_array_equal(d1, d2, err_msg=what)
                 assert not np.array_equal(W1, W), what  # the step did happen
+                if m > 0:
+                    assert not np.array_equal(Wn1, W_next), what
+                else:
+                    np.testing.assert_array_equal(d1, d_given, err_msg=what)
 
 
 # ---- output_delta and loss_sum ---------------------------------------------------------------

@@ -311,6 +311,8 @@ def test_pickle_round_trip_keeps_params_and_views(dtype):
     clone = pickle.loads(pickle.dumps(net))
     assert clone.params is not net.params
     np.testing.assert_array_equal(clone.params, net.params)
+    # the parameters start on a cache line, in a new model and in an unpickled one
+    assert net.params.ctypes.data % 64 == 0 and clone.params.ctypes.data % 64 == 0
     assert clone.params.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(clone.forward(X), net.forward(X))
     assert clone.layer_sizes == net.layer_sizes and clone.loss_curve_ == net.loss_curve_
@@ -370,3 +372,13 @@ def test_digits_split_is_stratified_disjoint_and_reproducible():
     X_tr, X_te, y_tr, y_te = datasets.load_digits_split("float64", test_fraction=0.5)
     assert X_tr.dtype == np.float64
     np.testing.assert_array_equal(np.bincount(y_te, minlength=10), np.round(0.5 * counts))
+
+
+def test_aligned_zeros_start_on_a_cache_line():
+    from fastbp.model import CACHE_LINE, aligned_zeros
+    for dtype in DTYPES:
+        for n in (1, 3, 17, 1000, 100_003):
+            a = aligned_zeros(n, dtype)
+            assert a.shape == (n,) and a.dtype == np.dtype(dtype), (n, dtype)
+            assert a.ctypes.data % CACHE_LINE == 0, (n, dtype)
+            assert a.flags.c_contiguous and a.flags.writeable and not a.any()

@@ -2,14 +2,18 @@
 
 Dense layers are square, ``width`` inputs and ``width`` outputs with a sigmoid, ``batch`` rows.
 The threaded kernels (``dense_forward``, ...) are timed at each thread count, their serial
-twins (``dense_forward_serial``, ...) once per shape; ``dense_step_forward`` (the previous
-batch's SGD step and this batch's forward pass in one sweep, threaded only) with the threaded
-ones.
+twins (``dense_forward_serial``, ...) once per shape; ``deferred_sweep`` (the previous
+batch's SGD steps on this layer and the next one, and this batch's forward pass, in one threaded
+region) at each thread count.
 """
 import numpy as np
 
 from fastbp import kernels as K
-from fastbp.kernels.dense import dense_step_forward
+
+try:
+    from fastbp.kernels.dense import deferred_sweep
+except ImportError:  # commits before it (they had a one-layer ``dense_step_forward``)
+    deferred_sweep = None
 
 from .common import BATCHES, DTYPES, FAST, THREADS, WIDTHS, Benchmark
 
@@ -72,13 +76,34 @@ class DenseLayer(_DenseLayerBase):
     def setup(self, width, batch, dtype, threads):
         self.pin_threads(threads)
         self._setup(width, batch, dtype)
-        self.time_step_forward()
 
-    def time_step_forward(self, *params):
-        """``dense_step_forward``: the step ``W += step * dout^T inp``, then the forward pass."""
+
+class DeferredSweep(Benchmark):
+    """``deferred_sweep`` on a square layer followed by a layer of 10 units: delta propagation
+    through the 10-unit layer, its step and this layer's, then the forward pass of a new batch,
+    in ``threads`` tasks."""
+    param_names = ["width", "batch", "dtype", "threads"]
+    params = [WIDTHS, BATCHES, DTYPES, THREADS]
+
+    def setup(self, width, batch, dtype, threads):
+        if deferred_sweep is None:
+            raise NotImplementedError("no deferred_sweep in this version")
+        self.pin_threads(threads)
+        self.threads = threads
+        b = self.b = _dense_buffers(width, batch, dtype)
+        rng = np.random.default_rng(1)
+        dt = np.dtype(dtype)
+        b["w_next"] = (rng.random((10, width), dtype=dt) - dt.type(0.5)) * dt.type(0.1)
+        b["b_next"] = np.zeros(10, dtype=dt)
+        b["d_next"] = rng.random((batch, 10), dtype=dt) - dt.type(0.5)
+        b["a_prev"] = rng.random((batch, width), dtype=dt)
+        self.time_deferred_sweep()
+
+    def time_deferred_sweep(self, *params):
         b = self.b
-        dense_step_forward(b["out"], b["inp"], b["weight"], b["bias"], b["dout"], b["inp"],
-                           b["step"], True, K.SIGMOID)
+        deferred_sweep(b["out"], b["dinp"], b["inp"], b["inp"], b["a_prev"], b["d_next"],
+                       b["weight"], b["bias"], b["w_next"], b["b_next"], b["step"], True,
+                       K.SIGMOID, self.threads)
 
 
 class DenseLayerSerial(_DenseLayerBase):

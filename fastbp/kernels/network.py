@@ -7,8 +7,8 @@ import numpy as np
 from numba import get_num_threads
 
 from .._config import jit
-from .dense import (dense_backward, dense_backward_serial, dense_forward, dense_forward_serial,
-                    dense_grad, dense_grad_serial, dense_step_forward)
+from .dense import (deferred_sweep, dense_backward, dense_backward_serial, dense_forward,
+                    dense_forward_serial, dense_grad, dense_grad_serial)
 from .fused import sgd_per_sample
 from .layout import (ACT, B_OFF, N_IN, N_OUT, W_OFF, layer_params, layer_rows, make_layout,
                      workspace_size)
@@ -22,11 +22,13 @@ PARALLEL_MIN_WORK = 1 << 15
 SERIAL_ONLY = np.iinfo(np.int64).max
 
 
-# ``train_epoch`` defers the first layer's step (``train_epoch_deferred``) when the first layer
-# is shared between threads, every later layer runs on the calling thread, and half of ``W_0``
-# plus two batches of input take at most this many bytes (each of two threads then reads both
-# batches for every 4-row block of its half of ``W_0``: they must stay in its L2 cache).
-# Deferred epoch time over plain-loop time, paired runs, float32 unless said, 2 threads:
+# ``train_epoch`` defers the first two layers' steps (``train_epoch_deferred``) when the first
+# layer is shared between threads, every later layer runs on the calling thread, and half of
+# ``W_0`` plus two batches of input take at most this many bytes (each of two threads then
+# reads both batches for every 4-row block of its half of ``W_0``: they must stay in its L2
+# cache). Measured with the first version, which deferred only ``W_0``'s step (the two-layer
+# region runs 0.96 to 0.97 of its time at 784-128-10 batch 32; docs/performance.md):
+# deferred epoch time over plain-loop time, paired runs, float32 unless said, 2 threads:
 # 784-128-10: batch 17 0.885, 32 0.93 on a quiet machine (0.99 to 1.02 in busy phases), 64
 # 0.95, 96 0.96, 128 1.0, 256 1.07; float64 batch 17 0.94, 24 0.97, 32 1.03 to 1.04;
 # 784-512-10 batch 32 0.94 and 1.05; 256-256-10 batch 64 (second layer threaded) 1.03, 1.04.
@@ -66,16 +68,17 @@ def forward_batch(acts, x, params, layout, min_par):
 
     acts (>= B * sum_l n_out_l,) workspace, x (B, n_0) -> view of a_L (B, n_L).
     """
-    B = x.shape[0]
-    layer_forward(layer_rows(acts, layout, 0, B), x, params, layout, 0, min_par)
-    return forward_upper(acts, B, params, layout, min_par)
+    a = layer_rows(acts, layout, 0, x.shape[0])
+    layer_forward(a, x, params, layout, 0, min_par)
+    return forward_upper(acts, a, params, layout, min_par)
 
 
 @jit()
-def forward_upper(acts, B, params, layout, min_par):
-    """``forward_batch`` above the first layer, whose output a_0 must be in its slot of
-    ``acts``: a_1 .. a_L of the B samples -> view of a_L (B, n_L)."""
-    a = layer_rows(acts, layout, 0, B)
+def forward_upper(acts, a, params, layout, min_par):
+    """``forward_batch`` above the first layer, from its output ``a`` = a_0 (B, n_1) (in its
+    slot of ``acts`` or elsewhere): a_1 .. a_L of the B samples in ``acts`` -> view of a_L (B,
+    n_L); ``a`` itself when there is one layer."""
+    B = a.shape[0]
     for l in range(1, layout.shape[0]):
         out = layer_rows(acts, layout, l, B)
         layer_forward(out, a, params, layout, l, min_par)
@@ -139,7 +142,7 @@ def backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par):
     """
     B = x.shape[0]
     step = -lr / params.dtype.type(B)
-    backward_sgd_upper(deltas, acts, y, params, layout, loss, step, min_par)
+    backward_sgd_upper(deltas, acts, y, params, layout, loss, step, min_par, 1)
     w, b = layer_params(params, layout, 0)
     d = layer_rows(deltas, layout, 0, B)
     if batch_threaded(B, w, min_par):
@@ -149,15 +152,16 @@ def backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par):
 
 
 @jit()
-def backward_sgd_upper(deltas, acts, y, params, layout, loss, step, min_par):
-    """``backward_sgd_batch`` short of the first layer's step: the output delta, then for
-    ``l = L-1 .. 1`` delta_{l-1} and the step ``W_l += step * delta_l^T a_{l-1}``. Leaves
-    delta_0 in its slot of ``deltas`` (y (B, n_L); step = -lr / B)."""
+def backward_sgd_upper(deltas, acts, y, params, layout, loss, step, min_par, l_low):
+    """``backward_sgd_batch`` short of the lowest layers' steps: the output delta, then for
+    ``l = L-1 .. l_low`` delta_{l-1} and the step ``W_l += step * delta_l^T a_{l-1}``. Leaves
+    delta_{l_low - 1} (the output delta when ``l_low = L``) in its slot of ``deltas``
+    (y (B, n_L); step = -lr / B; 1 <= l_low <= L)."""
     B = y.shape[0]
     L = layout.shape[0]
     d = layer_rows(deltas, layout, L - 1, B)
     output_delta(d, layer_rows(acts, layout, L - 1, B), y, loss, layout[L - 1, ACT])
-    for l in range(L - 1, 0, -1):
+    for l in range(L - 1, l_low - 1, -1):
         w, b = layer_params(params, layout, l)
         a_prev = layer_rows(acts, layout, l - 1, B)
         d_prev = layer_rows(deltas, layout, l - 1, B)
@@ -213,7 +217,7 @@ def gather_rows(dst, src, order, start):
 
 @jit()
 def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
-                deltas, min_par):
+                deltas, min_par, n_tasks):
     """One epoch of plain mini-batch SGD (``grads`` is not used: the step is fused into the
     gradient kernels); returns the mean training loss (each batch's
     loss measured before its update, as scikit-learn's ``loss_curve_``).
@@ -221,22 +225,25 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     params, grads (P,); X (N, n_0), Y (N, n_L); order (n,) int64: the samples to train on, in
     the order they are visited (a permutation of 0..N-1 for a whole epoch; a slice of one for
     a part of it: the epoch's batches that start at multiples of ``batch_size`` in ``order``);
-    lr of params' dtype; workspaces xbuf (>= 2 * batch_size * n_0; the deferred path below
-    needs two batches, and is skipped with a buffer of one), ybuf (>= batch_size * n_L),
-    acts (>= max(batch_size, 2) * sum_l n_out_l), deltas (>= batch_size * sum_l n_out_l).
-    Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
+    lr of params' dtype; workspaces xbuf (>= 2 * batch_size * n_0), ybuf (>= batch_size * n_L),
+    acts (>= max(batch_size, 2) * S + batch_size * n_1 with S = sum_l n_out_l), deltas
+    (>= batch_size * S); the deferred path below needs the second batch of ``xbuf`` and the
+    extra ``batch_size * n_1`` of ``acts``, and is skipped without them. ``n_tasks``: the
+    number of threads the deferred path splits its region into (the results do not depend on
+    it). Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
     ``defer_first_step`` says so, the first layer's step is deferred (``train_epoch_deferred``).
     """
     N = order.shape[0]
     n0 = X.shape[1]
+    S = workspace_size(layout)
     if batch_size == 1:
-        S = workspace_size(layout)
         return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
                               acts[:2 * S].reshape((2, S)), deltas[:S], min_par) / N
-    if xbuf.shape[0] >= 2 * batch_size * n0 and defer_first_step(batch_size, params, layout,
-                                                                 min_par):
+    if (xbuf.shape[0] >= 2 * batch_size * n0
+            and acts.shape[0] >= batch_size * (S + layout[0, N_OUT])
+            and defer_first_step(batch_size, params, layout, min_par)):
         return train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf,
-                                    ybuf, acts, deltas, min_par) / N
+                                    ybuf, acts, deltas, min_par, n_tasks) / N
     total = 0.0
     for start in range(0, N, batch_size):
         x, y = batch_rows(X, Y, order, start, min(batch_size, N - start), xbuf, ybuf)
@@ -263,35 +270,54 @@ def defer_first_step(B, params, layout, min_par):
 
 @jit()
 def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
-                         deltas, min_par):
-    """``train_epoch``'s batches with the first layer's step deferred: batch ``t``'s step on
-    ``W_0`` runs in the same threaded sweep as batch ``t + 1``'s first-layer forward pass
-    (``dense_step_forward``): one thread-pool wake-up for the first layer instead of three
-    (gradient, sums, activation). The numbers are
-    ``train_epoch``'s, bit for bit: batch ``t + 1`` still sees every update of batch ``t``
-    (layers above the first are stepped at once, as before). The last batch's step is applied
-    at the end. Batches are gathered into alternate halves of ``xbuf`` (the previous batch's
-    rows are still needed). Returns the loss sum.
+                         deltas, min_par, n_tasks):
+    """``train_epoch``'s batches with the steps of the first two layers deferred: batch ``t``'s
+    delta propagation to the first layer, its step on ``W_1`` and on ``W_0``, and batch
+    ``t + 1``'s first-layer forward pass with its activation all run in one threaded region
+    (``deferred_sweep``, ``n_tasks`` tasks), the only one of a step; the layers above run on the
+    calling thread. The numbers are ``train_epoch``'s plain loop's, bit for bit: batch ``t + 1``
+    still sees every update of batch ``t`` (layers above the second are stepped at once, as
+    before, and ``a_1`` is computed after the region). The last batch's steps are applied at
+    the end. Batches are gathered into alternate halves of ``xbuf``, and ``a_0`` alternates
+    between its slot of ``acts`` and the ``batch_size * n_1`` after ``acts``' layer slots (the
+    previous batch's rows and activations are still needed). Returns the loss sum.
     """
     N = order.shape[0]
     n0 = X.shape[1]
+    L = layout.shape[0]
+    S = workspace_size(layout)
+    n1 = layout[0, N_OUT]
     w0, b0 = layer_params(params, layout, 0)
+    # the next layer's parameters, or empty ones for a one-layer network (``deferred_sweep``
+    # then takes delta_0, the output delta, as given)
+    w1, b1 = layer_params(params, layout, min(1, L - 1))
+    m = w1.shape[0] if L > 1 else 0
+    w1 = w1[:m]
+    b1 = b1[:m]
     total = 0.0
     B_prev = 0
     x_prev = X[:0]
+    a_prev = acts[:0].reshape((0, n1))
     step_prev = params.dtype.type(0.0)
     half = batch_size * n0
     for k, start in enumerate(range(0, N, batch_size)):
         B = min(batch_size, N - start)
         x, y = batch_rows(X, Y, order, start, B, xbuf[(k % 2) * half:(k % 2 + 1) * half], ybuf)
-        dense_step_forward(layer_rows(acts, layout, 0, B), x, w0, b0,
-                           layer_rows(deltas, layout, 0, B_prev), x_prev, step_prev, B_prev > 0,
-                           layout[0, ACT])
-        total += loss_sum(forward_upper(acts, B, params, layout, min_par), y, loss)
+        a = acts[(k % 2) * batch_size * S:(k % 2) * batch_size * S + B * n1].reshape((B, n1))
+        deferred_sweep(a, layer_rows(deltas, layout, 0, B_prev), x, x_prev, a_prev,
+                       deltas[B_prev * n1:B_prev * (n1 + m)].reshape((B_prev, m)), w0, b0, w1,
+                       b1, step_prev, B_prev > 0, layout[0, ACT], n_tasks)
+        total += loss_sum(forward_upper(acts, a, params, layout, min_par), y, loss)
         step_prev = -lr / params.dtype.type(B)
-        backward_sgd_upper(deltas, acts, y, params, layout, loss, step_prev, min_par)
+        if L == 1:
+            output_delta(layer_rows(deltas, layout, 0, B), a, y, loss, layout[0, ACT])
+        else:
+            backward_sgd_upper(deltas, acts, y, params, layout, loss, step_prev, min_par, 2)
         B_prev = B
         x_prev = x
-    if B_prev > 0:
-        dense_grad(w0, b0, layer_rows(deltas, layout, 0, B_prev), x_prev, step_prev, True)
+        a_prev = a
+    if B_prev > 0:  # the last batch's steps: the same region without a new batch
+        deferred_sweep(acts[:0].reshape((0, n1)), layer_rows(deltas, layout, 0, B_prev), X[:0],
+                       x_prev, a_prev, deltas[B_prev * n1:B_prev * (n1 + m)].reshape((B_prev, m)),
+                       w0, b0, w1, b1, step_prev, True, layout[0, ACT], n_tasks)
     return total
