@@ -29,9 +29,9 @@ CHUNK = 256
 GRAD_CHUNK = 512
 # ``deferred_sweep``: while a task applies the step to its first this many 4-row blocks, it
 # prefetches the new batch into L2, and it takes their sums after. On 784-128-10, batch 32,
-# float32, 2 threads, epochs of the in-order data paired with the same sweep without the
-# prefetches and the reordering: 2, 4, 8 and 16 (all of a task's blocks) blocks measured 0.96
-# to 0.97 of the time, without the prefetch 1.03.
+# float32, 2 threads, in-order data, epoch time over the one-layer sweep that came before
+# (medians of 25 paired epochs): 0.963 to 0.968 with 2, 4, 8 or 16 (all of a task's) blocks,
+# 0.979 without the prefetch and the reordering, 1.03 with the reordering alone.
 PREFETCH_BLOCKS = 4
 
 

@@ -27,11 +27,14 @@ SERIAL_ONLY = np.iinfo(np.int64).max
 # ``W_0`` plus two batches of input take at most this many bytes (each of two threads then
 # reads both batches for every 4-row block of its half of ``W_0``: they must stay in its L2
 # cache). Measured with the first version, which deferred only ``W_0``'s step (the two-layer
-# region runs 0.96 to 0.97 of its time at 784-128-10 batch 32; docs/performance.md):
-# deferred epoch time over plain-loop time, paired runs, float32 unless said, 2 threads:
+# region runs 0.96 to 0.97 of its time at 784-128-10 batch 32; docs/performance.md), deferred
+# epoch time over plain-loop time, paired runs, float32 unless said, 2 threads:
 # 784-128-10: batch 17 0.885, 32 0.93 on a quiet machine (0.99 to 1.02 in busy phases), 64
 # 0.95, 96 0.96, 128 1.0, 256 1.07; float64 batch 17 0.94, 24 0.97, 32 1.03 to 1.04;
 # 784-512-10 batch 32 0.94 and 1.05; 256-256-10 batch 64 (second layer threaded) 1.03, 1.04.
+# The two-layer region over the plain loop (784-128-10, medians of 9 pairs): float32 batch 64
+# 0.95, 96 0.97, 128 0.99, 256 1.02; float64 batch 17 1.01, 32 1.11, 64 1.15. Float32 batch 96
+# and float64 batch 32 take the same bytes, so the rule stays where it was.
 DEFER_MAX_BYTES = 640 << 10
 
 # A mini-batch layer kernel needs BATCH_FACTOR times that much work: its threads split the
@@ -231,7 +234,8 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     extra ``batch_size * n_1`` of ``acts``, and is skipped without them. ``n_tasks``: the
     number of threads the deferred path splits its region into (the results do not depend on
     it). Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
-    ``defer_first_step`` says so, the first layer's step is deferred (``train_epoch_deferred``).
+    ``defer_first_step`` says so, the first two layers' steps are deferred
+    (``train_epoch_deferred``).
     """
     N = order.shape[0]
     n0 = X.shape[1]
@@ -255,7 +259,7 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
 
 @jit()
 def defer_first_step(B, params, layout, min_par):
-    """Whether ``train_epoch`` defers the first layer's step for batches of ``B``: the first
+    """Whether ``train_epoch`` defers the first two layers' steps for batches of ``B``: the first
     layer's kernels are threaded, no later layer's are, and half of ``W_0`` plus two batches of
     input fit in ``DEFER_MAX_BYTES``."""
     w0, _ = layer_params(params, layout, 0)
