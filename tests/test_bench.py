@@ -149,6 +149,23 @@ def test_epoch_runner_describes_itself():
 
 
 # ---- the worker process ------------------------------------------------------------------------
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """A worker started by a process that once held 400 MB reports its own peak: Linux's
+    ``ru_maxrss`` would carry the parent's 400 MB across ``exec``."""
+    child = ("import sys; sys.path.insert(0, %r); import worker; print(worker.peak_rss_mb())"
+             % os.path.dirname(WORKER))
+    parent = ("import subprocess, sys\n"
+              "big = bytearray(400 * 2**20)\n"
+              "big[::4096] = b'x' * len(big[::4096])\n"  # touch every page
+              "del big\n"
+              f"subprocess.run([sys.executable, '-c', {child!r}], check=True)\n")
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    peak = float(out.stdout.strip().splitlines()[-1])
+    assert 0 < peak < 200, peak
+
+
 @pytest.mark.parametrize("engine", ["fastbp", "numpy"])
 def test_worker_prints_one_json_line(engine):
     proc = subprocess.run([sys.executable, WORKER, "--engine", engine, "--workload", "test-tiny",
