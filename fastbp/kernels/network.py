@@ -299,29 +299,30 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
     w1 = w1[:m]
     b1 = b1[:m]
     total = 0.0
-    B_prev = 0
+    # the previous batch: its input, a_0, and delta_0 and delta_1 in their slots of ``deltas``
     x_prev = X[:0]
     a_prev = acts[:0].reshape((0, n1))
+    d0_prev = layer_rows(deltas, layout, 0, 0)
+    d1_prev = deltas[:0].reshape((0, m))
     step_prev = params.dtype.type(0.0)
     half = batch_size * n0
     for k, start in enumerate(range(0, N, batch_size)):
         B = min(batch_size, N - start)
         x, y = batch_rows(X, Y, order, start, B, xbuf[(k % 2) * half:(k % 2 + 1) * half], ybuf)
         a = acts[(k % 2) * batch_size * S:(k % 2) * batch_size * S + B * n1].reshape((B, n1))
-        deferred_sweep(a, layer_rows(deltas, layout, 0, B_prev), x, x_prev, a_prev,
-                       deltas[B_prev * n1:B_prev * (n1 + m)].reshape((B_prev, m)), w0, b0, w1,
-                       b1, step_prev, B_prev > 0, layout[0, ACT], n_tasks)
+        deferred_sweep(a, d0_prev, x, x_prev, a_prev, d1_prev, w0, b0, w1, b1, step_prev,
+                       x_prev.shape[0] > 0, layout[0, ACT], n_tasks)
         total += loss_sum(forward_upper(acts, a, params, layout, min_par), y, loss)
         step_prev = -lr / params.dtype.type(B)
+        d0_prev = layer_rows(deltas, layout, 0, B)
+        d1_prev = deltas[B * n1:B * (n1 + m)].reshape((B, m))
         if L == 1:
-            output_delta(layer_rows(deltas, layout, 0, B), a, y, loss, layout[0, ACT])
+            output_delta(d0_prev, a, y, loss, layout[0, ACT])
         else:
             backward_sgd_upper(deltas, acts, y, params, layout, loss, step_prev, min_par, 2)
-        B_prev = B
         x_prev = x
         a_prev = a
-    if B_prev > 0:  # the last batch's steps: the same region without a new batch
-        deferred_sweep(acts[:0].reshape((0, n1)), layer_rows(deltas, layout, 0, B_prev), X[:0],
-                       x_prev, a_prev, deltas[B_prev * n1:B_prev * (n1 + m)].reshape((B_prev, m)),
-                       w0, b0, w1, b1, step_prev, True, layout[0, ACT], n_tasks)
+    if x_prev.shape[0] > 0:  # the last batch's steps: the same region without a new batch
+        deferred_sweep(acts[:0].reshape((0, n1)), d0_prev, X[:0], x_prev, a_prev, d1_prev, w0,
+                       b0, w1, b1, step_prev, True, layout[0, ACT], n_tasks)
     return total
