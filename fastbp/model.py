@@ -643,7 +643,7 @@ class MLP:
         S = knet.workspace_size(layout)
         fast = opt.is_plain_sgd() and sw is None
         grads = aligned_zeros(params.shape[0], dtype)
-        xbuf = aligned_zeros(2 * B * self.layer_sizes[0], dtype)  # train_epoch: two batches
+        xbuf = aligned_zeros(B * self.layer_sizes[0], dtype)
         ybuf = aligned_zeros(B * self.layer_sizes[-1], dtype)
         # the per-sample path needs two samples, the deferred one a second a_0 (train_epoch)
         acts = aligned_zeros(max(B, 2) * S + B * self.layer_sizes[1], dtype)
@@ -790,7 +790,7 @@ class MLP:
         n_buf = len(opt._needed_buffers())
         fresh = sum(1 for k in opt._needed_buffers() if opt._state.get(k) is None)
         elems = (P * (2 + n_buf + fresh)  # gradients, snapshots, new optimizer state
-                 + B * (2 * n0 + m + self.layer_sizes[1]) + max(B, 2) * S + B * S
+                 + B * (n0 + m + self.layer_sizes[1]) + max(B, 2) * S + B * S
                  + (B if weighted else 0)
                  + (3 * S * max(1, min(get_num_threads(), N)) if hogwild else 0))
         if val is not None:

@@ -102,9 +102,10 @@ DEFERRED_CASES = [
 @pytest.mark.parametrize("case", DEFERRED_CASES, ids=["2-layer", "3-layer", "1-layer"])
 def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
     """``train_epoch_deferred`` runs each batch's steps on the first two layers inside the next
-    batch's first-layer region, split into ``n_tasks`` tasks; the weights and the loss must be
-    bitwise those of the plain batch loop (which ``train_epoch`` takes when ``xbuf`` holds a
-    single batch) for any task count, and both must match naive in-order mini-batch SGD."""
+    batch's first-layer region, split into ``n_tasks`` tasks, reading the batches' rows of X in
+    place through the order; the weights and the loss must be bitwise those of the plain batch
+    loop (which gathers shuffled batches) for any task count, and both must match naive
+    in-order mini-batch SGD."""
     sizes, act_names, loss_name, B, N, shuffled = case
     rng = np.random.default_rng(11)
     X = rng.uniform(-1, 1, (N, sizes[0])).astype(dtype)
@@ -117,9 +118,9 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
     S = knet.workspace_size(layout)
     lr, loss = dtype(0.5), LOSSES[loss_name]
 
-    def epoch(run, xbuf_batches):
+    def epoch(run):
         params = p0.copy()
-        xbuf = np.empty(xbuf_batches * B * sizes[0], dtype=dtype)
+        xbuf = np.empty(B * sizes[0], dtype=dtype)
         work = (np.empty(B * sizes[-1], dtype=dtype), np.empty(B * (S + sizes[1]), dtype=dtype),
                 np.empty(B * S, dtype=dtype))
         total = run(params, X, Y, order, xbuf, *work)
@@ -127,15 +128,15 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
 
     # min_par = 0: every layer kernel threaded, so the deferred path applies at any size
     plain = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch(
-        p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0, 2) * N, 1)
+        p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0, 2) * N)
     assert not np.array_equal(plain[0], p0)
     # min_par = 4096: only the first layer threaded, so train_epoch picks the deferred path
     assert knet.defer_first_step(B, p0, layout, 4096)
     for n_tasks in (1, 2, 3, 5):
         deferred = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch_deferred(
-            p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0, n_tasks), 2)
+            p, X, Y, o, B, lr, layout, loss, yb, a, d, 0, n_tasks))
         chosen = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch(
-            p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 4096, n_tasks) * N, 2)
+            p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 4096, n_tasks) * N)
         np.testing.assert_array_equal(deferred[0], plain[0], err_msg=f"{n_tasks} tasks")
         np.testing.assert_array_equal(chosen[0], plain[0], err_msg=f"{n_tasks} tasks")
         assert deferred[1] == pytest.approx(plain[1], rel=1e-12)

@@ -214,11 +214,16 @@ def test_deferred_sweep_is_the_four_kernels_bitwise(act, dtype, rng):
     ``dense_grad`` on the next layer, ``dense_grad`` on this one and then ``dense_forward`` do
     (all checked against naive above), bit for bit, for any number of tasks; with a next layer
     of 0 units ``dprev`` is given and only read; without ``back`` it is ``dense_forward``
-    alone; with a batch of 0 rows only the steps run."""
+    alone; with a batch of 0 rows only the steps run. Both batches are read in place, as rows
+    of one larger array in shuffled positions (the other rows NaN, so any stray read shows)."""
     code = K.ACTIVATIONS[act]
     for B_prev, B, n_in, n_out, m in STEP_FORWARD_SHAPES:
         X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
         X_prev = rng.uniform(-1, 1, (B_prev, n_in)).astype(dtype)
+        data = nan_filled((B + B_prev + 3, n_in), dtype)
+        where = rng.permutation(data.shape[0])
+        rows, rows_prev = where[:B].astype(np.int64), where[B:B + B_prev].astype(np.int64)
+        data[rows], data[rows_prev] = X, X_prev
         W = rng.uniform(-0.1, 0.1, (n_out, n_in)).astype(dtype)
         b = rng.uniform(-0.5, 0.5, n_out).astype(dtype)
         a_prev = rng.uniform(0.05, 0.95, (B_prev, n_out)).astype(dtype)
@@ -242,8 +247,8 @@ def test_deferred_sweep_is_the_four_kernels_bitwise(act, dtype, rng):
             W1, b1, Wn1, bn1 = W.copy(), b.copy(), W_next.copy(), b_next.copy()
             d1 = d_given.copy() if m == 0 else nan_filled((B_prev, n_out), dtype)
             out1 = nan_filled((B, n_out), dtype)
-            deferred_sweep(out1, d1, X, X_prev, a_prev, d_next, W1, b1, Wn1, bn1, step, back,
-                           code, n_tasks)
+            deferred_sweep(out1, d1, data, rows, data, rows_prev, a_prev, d_next, W1, b1, Wn1,
+                           bn1, step, back, code, n_tasks)
             np.testing.assert_array_equal(W1, W2, err_msg=what)
             np.testing.assert_array_equal(b1, b2, err_msg=what)
             np.testing.assert_array_equal(Wn1, Wn2, err_msg=what)

@@ -6,6 +6,8 @@ twins (``dense_forward_serial``, ...) once per shape; ``deferred_sweep`` (the pr
 batch's SGD steps on this layer and the next one, and this batch's forward pass, in one threaded
 region) at each thread count.
 """
+import inspect
+
 import numpy as np
 
 from fastbp import kernels as K
@@ -97,13 +99,21 @@ class DeferredSweep(Benchmark):
         b["b_next"] = np.zeros(10, dtype=dt)
         b["d_next"] = rng.random((batch, 10), dtype=dt) - dt.type(0.5)
         b["a_prev"] = rng.random((batch, width), dtype=dt)
+        if "rows" in inspect.signature(getattr(deferred_sweep, "py_func",
+                                               deferred_sweep)).parameters:
+            b["rows"] = np.arange(batch, dtype=np.int64)
         self.time_deferred_sweep()
 
     def time_deferred_sweep(self, *params):
         b = self.b
-        deferred_sweep(b["out"], b["dinp"], b["inp"], b["inp"], b["a_prev"], b["d_next"],
-                       b["weight"], b["bias"], b["w_next"], b["b_next"], b["step"], True,
-                       K.SIGMOID, self.threads)
+        if "rows" in b:  # the batches are rows of an array, read in place (from 2026-11-28)
+            deferred_sweep(b["out"], b["dinp"], b["inp"], b["rows"], b["inp"], b["rows"],
+                           b["a_prev"], b["d_next"], b["weight"], b["bias"], b["w_next"],
+                           b["b_next"], b["step"], True, K.SIGMOID, self.threads)
+        else:
+            deferred_sweep(b["out"], b["dinp"], b["inp"], b["inp"], b["a_prev"], b["d_next"],
+                           b["weight"], b["bias"], b["w_next"], b["b_next"], b["step"], True,
+                           K.SIGMOID, self.threads)
 
 
 class DenseLayerSerial(_DenseLayerBase):

@@ -15,7 +15,7 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
@@ -35,12 +35,41 @@ GRAD_CHUNK = 512
 PREFETCH_BLOCKS = 4
 
 
+def row_of(rows, b):
+    """Where sample ``b`` of a batch is in its array: ``b`` when ``rows`` is None (the batch is
+    the array's rows, in order), else ``rows[b]`` (the batch is the rows ``rows`` of a larger
+    array, read in place: no gathered copy). Chosen when compiling: the None case costs nothing."""
+    return b if rows is None else rows[b]
+
+
+@overload(row_of)
+def _row_of(rows, b):
+    if isinstance(rows, types.NoneType):
+        return lambda rows, b: b
+    # unsigned: numba then emits no negative-index wrap-around for the row (see ``grad_block``)
+    return lambda rows, b: np.uint64(rows[b])
+
+
+def n_rows(arr, rows):
+    """The number of samples in a batch given as ``row_of`` takes it."""
+    return arr.shape[0] if rows is None else rows.shape[0]
+
+
+@overload(n_rows)
+def _n_rows(arr, rows):
+    if isinstance(rows, types.NoneType):
+        return lambda arr, rows: arr.shape[0]
+    return lambda arr, rows: rows.shape[0]
+
+
 @jit(noalias=True)
-def forward_rows4(out, inp, weight, bias, i0):
+def forward_rows4(out, inp, weight, bias, i0, rows):
     """Units ``i0 .. i0 + 3`` of ``dense_forward``'s sums (no activation): ``out[b, i] =
-    sum_j W_ij inp_bj + b_i`` for every sample. 4 (units) x 4 (samples) register tiles: 8 loads
-    feed 16 multiply-adds; a last 1 to 3 samples take 4 units x 1 sample."""
-    B, n_in = inp.shape
+    sum_j W_ij inp_bj + b_i`` for every sample (sample ``b`` is the row ``row_of(rows, b)`` of
+    ``inp``). 4 (units) x 4 (samples) register tiles: 8 loads feed 16 multiply-adds; a last 1
+    to 3 samples take 4 units x 1 sample."""
+    B = n_rows(inp, rows)
+    n_in = inp.shape[1]
     w0 = weight[i0]
     w1 = weight[i0 + 1]
     w2 = weight[i0 + 2]
@@ -52,10 +81,10 @@ def forward_rows4(out, inp, weight, bias, i0):
     b = 0
     while b + 4 <= B:
         # a 4 (units) x 4 (samples) register tile: 8 loads feed 16 multiply-adds
-        x0 = inp[b]
-        x1 = inp[b + 1]
-        x2 = inp[b + 2]
-        x3 = inp[b + 3]
+        x0 = inp[row_of(rows, b)]
+        x1 = inp[row_of(rows, b + 1)]
+        x2 = inp[row_of(rows, b + 2)]
+        x3 = inp[row_of(rows, b + 3)]
         s00 = type(c0)(0.0)
         s01 = s00
         s02 = s00
@@ -115,7 +144,7 @@ def forward_rows4(out, inp, weight, bias, i0):
         out[b + 3, i0 + 3] = s33 + c3
         b += 4
     while b < B:
-        x0 = inp[b]
+        x0 = inp[row_of(rows, b)]
         s0 = type(c0)(0.0)
         s1 = s0
         s2 = s0
@@ -134,18 +163,19 @@ def forward_rows4(out, inp, weight, bias, i0):
 
 
 @jit(noalias=True)
-def forward_row(out, inp, weight, bias, i):
+def forward_row(out, inp, weight, bias, i, rows):
     """Unit ``i`` of ``dense_forward``'s sums, for the last 1 to 3 units: 1 unit x 4 samples at
-    a time, 4 independent sums."""
-    B, n_in = inp.shape
+    a time, 4 independent sums (samples as in ``forward_rows4``)."""
+    B = n_rows(inp, rows)
+    n_in = inp.shape[1]
     w = weight[i]
     c = bias[i]
     b = 0
     while b + 4 <= B:
-        x0 = inp[b]
-        x1 = inp[b + 1]
-        x2 = inp[b + 2]
-        x3 = inp[b + 3]
+        x0 = inp[row_of(rows, b)]
+        x1 = inp[row_of(rows, b + 1)]
+        x2 = inp[row_of(rows, b + 2)]
+        x3 = inp[row_of(rows, b + 3)]
         s0 = type(c)(0.0)
         s1 = s0
         s2 = s0
@@ -162,7 +192,7 @@ def forward_row(out, inp, weight, bias, i):
         out[b + 3, i] = s3 + c
         b += 4
     while b < B:
-        x0 = inp[b]
+        x0 = inp[row_of(rows, b)]
         s0 = type(c)(0.0)
         for j in range(n_in):
             s0 += w[j] * x0[j]
@@ -171,15 +201,16 @@ def forward_row(out, inp, weight, bias, i):
 
 
 @jit(noalias=True)
-def forward_units(out, inp, weight, bias, t):
-    """Block ``t`` of ``dense_forward``'s sums: units ``4 t .. 4 t + 3`` (fewer at the end)."""
+def forward_units(out, inp, weight, bias, t, rows):
+    """Block ``t`` of ``dense_forward``'s sums: units ``4 t .. 4 t + 3`` (fewer at the end);
+    samples as in ``forward_rows4``."""
     n_out = weight.shape[0]
     i0 = 4 * t
     if i0 + 4 <= n_out:
-        forward_rows4(out, inp, weight, bias, i0)
+        forward_rows4(out, inp, weight, bias, i0, rows)
     else:
         for i in range(i0, n_out):
-            forward_row(out, inp, weight, bias, i)
+            forward_row(out, inp, weight, bias, i, rows)
 
 
 def dense_forward(out, inp, weight, bias, act):
@@ -193,7 +224,7 @@ def dense_forward(out, inp, weight, bias, act):
     B = inp.shape[0]
     n_out = weight.shape[0]
     for t in prange((n_out + 3) // 4):
-        forward_units(out, inp, weight, bias, t)
+        forward_units(out, inp, weight, bias, t, None)
     if act != IDENTITY:
         n_parts = activation_parts(B, n_out, act)
         for t in prange(n_parts):
@@ -222,17 +253,22 @@ def coefficients(M, r, c, scale, transpose):
 
 
 @jit(noalias=True)
-def rank4_rows(dst, r0, src, s0, u0, u1, c):
+def rank4_rows(dst, r0, src, s0, u0, u1, c, rows):
     """The register tile shared by delta propagation and the gradient: for k < 4 and
-    ``u0 <= j < u1``, ``dst[r0 + k, j] += sum_m c[4 k + m] * src[s0 + m, j]``. Every loaded
-    element of ``src`` feeds 4 rows: 4 loads of ``src`` and one load and one store per row of
-    ``dst`` for 16 multiply-adds. ``dst`` must not overlap ``src``."""
+    ``u0 <= j < u1``, ``dst[r0 + k, j] += sum_m c[4 k + m] * src[s0 + m, j]``, where row
+    ``s`` of ``src`` is ``src[row_of(rows, s)]``. Every loaded element of ``src`` feeds 4 rows:
+    4 loads of ``src`` and one load and one store per row of ``dst`` for 16 multiply-adds.
+    ``dst`` must not overlap ``src``."""
     (c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33) = c
+    q0 = row_of(rows, s0)
+    q1 = row_of(rows, s0 + 1)
+    q2 = row_of(rows, s0 + 2)
+    q3 = row_of(rows, s0 + 3)
     for j in range(u0, u1):
-        x0 = src[s0, j]
-        x1 = src[s0 + 1, j]
-        x2 = src[s0 + 2, j]
-        x3 = src[s0 + 3, j]
+        x0 = src[q0, j]
+        x1 = src[q1, j]
+        x2 = src[q2, j]
+        x3 = src[q3, j]
         dst[r0, j] += c00 * x0 + c01 * x1 + c02 * x2 + c03 * x3
         dst[r0 + 1, j] += c10 * x0 + c11 * x1 + c12 * x2 + c13 * x3
         dst[r0 + 2, j] += c20 * x0 + c21 * x1 + c22 * x2 + c23 * x3
@@ -240,11 +276,12 @@ def rank4_rows(dst, r0, src, s0, u0, u1, c):
 
 
 @jit(noalias=True)
-def rank1_rows(dst, r0, src, s, u0, u1, c0, c1, c2, c3):
+def rank1_rows(dst, r0, src, s, u0, u1, c0, c1, c2, c3, rows):
     """The tile's tail when one row of ``src`` is left: ``dst[r0 + k, j] += c_k * src[s, j]``
-    for k < 4 and ``u0 <= j < u1``."""
+    for k < 4 and ``u0 <= j < u1`` (rows of ``src`` as in ``rank4_rows``)."""
+    q = row_of(rows, s)
     for j in range(u0, u1):
-        x = src[s, j]
+        x = src[q, j]
         dst[r0, j] += c0 * x
         dst[r0 + 1, j] += c1 * x
         dst[r0 + 2, j] += c2 * x
@@ -252,19 +289,25 @@ def rank1_rows(dst, r0, src, s, u0, u1, c0, c1, c2, c3):
 
 
 @jit(noalias=True)
-def row_rank4(dst, r, src, s0, u0, u1, c0, c1, c2, c3):
+def row_rank4(dst, r, src, s0, u0, u1, c0, c1, c2, c3, rows):
     """The tile's tail when one row of ``dst`` is left: ``dst[r, j] += sum_m c_m src[s0 + m, j]``
-    for m < 4 and ``u0 <= j < u1``."""
+    for m < 4 and ``u0 <= j < u1`` (rows of ``src`` as in ``rank4_rows``)."""
+    q0 = row_of(rows, s0)
+    q1 = row_of(rows, s0 + 1)
+    q2 = row_of(rows, s0 + 2)
+    q3 = row_of(rows, s0 + 3)
     for j in range(u0, u1):
-        dst[r, j] += (c0 * src[s0, j] + c1 * src[s0 + 1, j]
-                      + c2 * src[s0 + 2, j] + c3 * src[s0 + 3, j])
+        dst[r, j] += (c0 * src[q0, j] + c1 * src[q1, j]
+                      + c2 * src[q2, j] + c3 * src[q3, j])
 
 
 @jit(noalias=True)
-def row_rank1(dst, r, src, s, u0, u1, c):
-    """``dst[r, j] += c * src[s, j]`` for ``u0 <= j < u1``."""
+def row_rank1(dst, r, src, s, u0, u1, c, rows):
+    """``dst[r, j] += c * src[s, j]`` for ``u0 <= j < u1`` (rows of ``src`` as in
+    ``rank4_rows``)."""
+    q = row_of(rows, s)
     for j in range(u0, u1):
-        dst[r, j] += c * src[s, j]
+        dst[r, j] += c * src[q, j]
 
 
 def dense_backward(dinp, dout, weight, inp, act):
@@ -302,21 +345,21 @@ def backward_tile(dinp, dout, weight, inp, act, b0, b1, j0, j1):
         i = 0
         while i + 4 <= n_out:
             rank4_rows(dinp, b0, weight, i, u0, u1,
-                       coefficients(dout, b0, i, dout.dtype.type(1.0), False))
+                       coefficients(dout, b0, i, dout.dtype.type(1.0), False), None)
             i += 4
         while i < n_out:
             rank1_rows(dinp, b0, weight, i, u0, u1, dout[b0, i], dout[b0 + 1, i],
-                       dout[b0 + 2, i], dout[b0 + 3, i])
+                       dout[b0 + 2, i], dout[b0 + 3, i], None)
             i += 1
     else:
         for b in range(b0, b1):
             i = 0
             while i + 4 <= n_out:
                 row_rank4(dinp, b, weight, i, u0, u1, dout[b, i], dout[b, i + 1],
-                          dout[b, i + 2], dout[b, i + 3])
+                          dout[b, i + 2], dout[b, i + 3], None)
                 i += 4
             while i < n_out:
-                row_rank1(dinp, b, weight, i, u0, u1, dout[b, i])
+                row_rank1(dinp, b, weight, i, u0, u1, dout[b, i], None)
                 i += 1
     if act != IDENTITY:
         for b in range(b0, b1):
@@ -358,14 +401,15 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
         i0 = 4 * (t // n_chunks)
         j0 = min((t % n_chunks) * width, n_in)
         grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out), j0,
-                   min(j0 + width, n_in))
+                   min(j0 + width, n_in), None)
 
 
 @jit(noalias=True)
-def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1):
+def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1, rows):
     """One tile of ``dense_grad``: rows ``i0 .. i1 - 1`` (at most 4), columns ``j0 .. j1 - 1`` of
-    ``dW``, and those rows of ``db`` when ``j0 == 0``."""
-    B = inp.shape[0]
+    ``dW``, and those rows of ``db`` when ``j0 == 0``. Sample ``b`` (row ``b`` of ``dout``) is
+    the row ``row_of(rows, b)`` of ``inp``."""
+    B = dout.shape[0]
     # unsigned column indices: numba then emits no negative-index wrap-around, which would
     # keep the compiler from vectorizing the column loops
     u0 = np.uint64(j0)
@@ -377,12 +421,13 @@ def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1):
     if i1 - i0 == 4:
         b = 0
         while b + 4 <= B:
-            rank4_rows(dweight, i0, inp, b, u0, u1, coefficients(dout, b, i0, scale, True))
+            rank4_rows(dweight, i0, inp, b, u0, u1, coefficients(dout, b, i0, scale, True),
+                       rows)
             b += 4
         while b < B:
             rank1_rows(dweight, i0, inp, b, u0, u1, scale * dout[b, i0],
                        scale * dout[b, i0 + 1], scale * dout[b, i0 + 2],
-                       scale * dout[b, i0 + 3])
+                       scale * dout[b, i0 + 3], rows)
             b += 1
     else:
         for i in range(i0, i1):
@@ -390,10 +435,10 @@ def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1):
             while b + 4 <= B:
                 row_rank4(dweight, i, inp, b, u0, u1, scale * dout[b, i],
                           scale * dout[b + 1, i], scale * dout[b + 2, i],
-                          scale * dout[b + 3, i])
+                          scale * dout[b + 3, i], rows)
                 b += 4
             while b < B:
-                row_rank1(dweight, i, inp, b, u0, u1, scale * dout[b, i])
+                row_rank1(dweight, i, inp, b, u0, u1, scale * dout[b, i], rows)
                 b += 1
     if j0 == 0:
         for i in range(i0, i1):
@@ -431,6 +476,17 @@ def prefetch_l2(typingctx, arr, row, col):
 
 
 @jit()
+def prefetch_row(arr, r):
+    """``prefetch_l2`` every cache line of row ``r`` of the 2-D ``arr``: its first element, one
+    per 64 bytes after it, and its last (a row that starts inside a line ends inside one).
+    A loop per row, with no division per line."""
+    n = arr.shape[1]
+    for c in range(0, n, 64 // arr.itemsize):
+        prefetch_l2(arr, r, c)
+    prefetch_l2(arr, r, n - 1)
+
+
+@jit()
 def task_blocks(n_blk, p, n_tasks):
     """The 4-row blocks ``[t0, t1)`` of task ``p`` of ``n_tasks`` in ``deferred_sweep``: equal
     shares, in whole groups of 4 blocks (16 units: a task's columns of a float32 row then start
@@ -440,45 +496,44 @@ def task_blocks(n_blk, p, n_tasks):
     return min(g * (n_g * p // n_tasks), n_blk), min(g * (n_g * (p + 1) // n_tasks), n_blk)
 
 
-def deferred_sweep(out, dprev, inp, inp_prev, a_prev, d_next, weight, bias, w_next, b_next,
-                   step, back, act, n_tasks):
+def deferred_sweep(out, dprev, inp, rows, inp_prev, rows_prev, a_prev, d_next, weight, bias,
+                   w_next, b_next, step, back, act, n_tasks):
     """A layer's forward pass for a new batch, with the previous batch's step on this layer and
     on the next one applied in the same threaded region.
 
-    out (B, n_out) <- f(inp W^T + b) for the new batch inp (B, n_in), with ``W`` = weight
-    (n_out, n_in) and ``b`` = bias (n_out,) *after* the previous batch's step; act: f's code.
-    When ``back``, that step first, for the previous batch (inp_prev (B', n_in), its output
-    a_prev = f(z) (B', n_out), step = -lr / B' of the arrays' dtype):
+    out (B, n_out) <- f(x W^T + b) for the new batch x: inp (B, n_in) itself when ``rows`` is
+    None, else its rows ``rows`` (B,) (int64 indices, read in place: a shuffled batch needs no
+    gathered copy), with ``W`` = weight (n_out, n_in) and ``b`` = bias (n_out,) *after* the
+    previous batch's step; act: f's code. When ``back``, that step first, for the previous
+    batch x_prev (inp_prev and rows_prev, the same way; its output a_prev = f(z) (B', n_out),
+    step = -lr / B' of the arrays' dtype):
 
     * if there is a next layer (w_next (m, n_out), b_next (m,), d_next (B', m) = its delta,
       m > 0): dprev (B', n_out) <- f'(a_prev) * (d_next w_next) (delta propagation, with the
       next layer's weights before its step), then ``w_next += step * d_next^T a_prev``,
       ``b_next += step * sum_b d_next``; with m = 0 (empty arrays), dprev is this layer's delta,
       given;
-    * ``W += step * dprev^T inp_prev``, ``b += step * sum_b dprev``.
+    * ``W += step * dprev^T x_prev``, ``b += step * sum_b dprev``.
 
     ``dense_backward``, ``dense_grad`` on the next layer, ``dense_grad`` on this one and
     ``dense_forward`` compute the same numbers, bit for bit, with four thread-pool wake-ups
     instead of one. ``n_tasks`` tasks (the thread count) each own a range of this layer's units
     (``task_blocks``): the rows of ``W`` and ``b``, the columns of ``dprev``, ``out`` and
     ``w_next``. A task updates each 4-row block of ``W`` (``grad_block``) and takes its sums for
-    the new batch (``forward_units``) while the block is in its cache. The new batch is not
-    (it has just come from memory, or from the thread that gathered it): while a task applies
+    the new batch (``forward_units``) while the block is in its cache. The new batch is not (its
+    rows come from memory, in the data's order or shuffled): while a task applies
     the step to its first ``PREFETCH_BLOCKS`` blocks it prefetches the batch into its L2 cache,
     and takes those blocks' sums after. The activation runs on the task's columns (softmax,
     which needs whole rows, after the region). Threaded only (no ``_serial`` twin). Results do
     not depend on ``n_tasks``: every element's sums run in the same order for any split.
     ``dprev`` and ``out`` must not overlap each other or any other argument.
     """
-    B = inp.shape[0]
+    B = n_rows(inp, rows)
     n_out, n_in = weight.shape
     n_next = w_next.shape[0]
-    Bp = inp_prev.shape[0]
+    Bp = n_rows(inp_prev, rows_prev)
     n_chunks, width = grad_chunks(n_in)
     n_blk = (n_out + 3) // 4
-    per_line = 64 // inp.itemsize
-    lines_per_row = (n_in + per_line - 1) // per_line
-    n_lines = B * lines_per_row
     for p in prange(n_tasks):
         t0, t1 = task_blocks(n_blk, p, n_tasks)
         j0 = min(4 * t0, n_out)
@@ -488,7 +543,7 @@ def deferred_sweep(out, dprev, inp, inp_prev, a_prev, d_next, weight, bias, w_ne
                 backward_tile(dprev, d_next, w_next, a_prev, act, s, min(s + 4, Bp), j0, j1)
             for m in range(0, n_next, 4):
                 grad_block(w_next, b_next, d_next, a_prev, step, True, m, min(m + 4, n_next),
-                           j0, j1)
+                           j0, j1, None)
         k_first = min(PREFETCH_BLOCKS, t1 - t0)
         for t in range(t0, t1):
             if back:
@@ -496,16 +551,16 @@ def deferred_sweep(out, dprev, inp, inp_prev, a_prev, d_next, weight, bias, w_ne
                 for c in range(n_chunks):
                     c0 = min(c * width, n_in)
                     grad_block(weight, bias, dprev, inp_prev, step, True, i0, min(i0 + 4, n_out),
-                               c0, min(c0 + width, n_in))
+                               c0, min(c0 + width, n_in), rows_prev)
             k = t - t0
             if k < k_first:
-                for q in range(n_lines * k // k_first, n_lines * (k + 1) // k_first):
-                    prefetch_l2(inp, q // lines_per_row, per_line * (q % lines_per_row))
+                for r in range(B * k // k_first, B * (k + 1) // k_first):
+                    prefetch_row(inp, row_of(rows, r))
                 if k == k_first - 1:
                     for t_ in range(t0, t + 1):
-                        forward_units(out, inp, weight, bias, t_)
+                        forward_units(out, inp, weight, bias, t_, rows)
             else:
-                forward_units(out, inp, weight, bias, t)
+                forward_units(out, inp, weight, bias, t, rows)
         if act != IDENTITY and act != SOFTMAX:
             for b in range(B):
                 activate_row(out[b, j0:j1], act)

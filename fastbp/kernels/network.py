@@ -4,7 +4,8 @@ The network is described by a ``layout`` table (see :mod:`fastbp.kernels.layout`
 slice per batch, so a training epoch allocates nothing.
 """
 import numpy as np
-from numba import get_num_threads
+from numba import get_num_threads, types
+from numba.extending import overload
 
 from .._config import jit
 from .dense import (deferred_sweep, dense_backward, dense_backward_serial, dense_forward,
@@ -228,26 +229,24 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     params, grads (P,); X (N, n_0), Y (N, n_L); order (n,) int64: the samples to train on, in
     the order they are visited (a permutation of 0..N-1 for a whole epoch; a slice of one for
     a part of it: the epoch's batches that start at multiples of ``batch_size`` in ``order``);
-    lr of params' dtype; workspaces xbuf (>= 2 * batch_size * n_0), ybuf (>= batch_size * n_L),
+    lr of params' dtype; workspaces xbuf (>= batch_size * n_0), ybuf (>= batch_size * n_L),
     acts (>= max(batch_size, 2) * S + batch_size * n_1 with S = sum_l n_out_l), deltas
-    (>= batch_size * S); the deferred path below needs the second batch of ``xbuf`` and the
-    extra ``batch_size * n_1`` of ``acts``, and is skipped without them. ``n_tasks``: the
+    (>= batch_size * S); the deferred path below needs the extra ``batch_size * n_1`` of
+    ``acts``, and is skipped without it. ``n_tasks``: the
     number of threads the deferred path splits its region into (the results do not depend on
     it). Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
     ``defer_first_step`` says so, the first two layers' steps are deferred
     (``train_epoch_deferred``).
     """
     N = order.shape[0]
-    n0 = X.shape[1]
     S = workspace_size(layout)
     if batch_size == 1:
         return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
                               acts[:2 * S].reshape((2, S)), deltas[:S], min_par) / N
-    if (xbuf.shape[0] >= 2 * batch_size * n0
-            and acts.shape[0] >= batch_size * (S + layout[0, N_OUT])
+    if (acts.shape[0] >= batch_size * (S + layout[0, N_OUT])
             and defer_first_step(batch_size, params, layout, min_par)):
-        return train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf,
-                                    ybuf, acts, deltas, min_par, n_tasks) / N
+        return train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, ybuf,
+                                    acts, deltas, min_par, n_tasks) / N
     total = 0.0
     for start in range(0, N, batch_size):
         x, y = batch_rows(X, Y, order, start, min(batch_size, N - start), xbuf, ybuf)
@@ -273,8 +272,8 @@ def defer_first_step(B, params, layout, min_par):
 
 
 @jit()
-def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
-                         deltas, min_par, n_tasks):
+def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts, deltas,
+                         min_par, n_tasks):
     """``train_epoch``'s batches with the steps of the first two layers deferred: batch ``t``'s
     delta propagation to the first layer, its step on ``W_1`` and on ``W_0``, and batch
     ``t + 1``'s first-layer forward pass with its activation all run in one threaded region
@@ -282,15 +281,58 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
     calling thread. The numbers are ``train_epoch``'s plain loop's, bit for bit: batch ``t + 1``
     still sees every update of batch ``t`` (layers above the second are stepped at once, as
     before, and ``a_1`` is computed after the region). The last batch's steps are applied at
-    the end. Batches are gathered into alternate halves of ``xbuf``, and ``a_0`` alternates
-    between its slot of ``acts`` and the ``batch_size * n_1`` after ``acts``' layer slots (the
-    previous batch's rows and activations are still needed). Returns the loss sum.
+    the end. The region reads each batch's rows of ``X`` in place (no gathered copy; only the
+    targets are gathered, into ``ybuf``): as a slice of ``X`` when every batch of the epoch is
+    a run of consecutive samples, else through its indices in ``order`` (``batch_input``), and
+    ``a_0`` alternates between its slot of ``acts`` and the ``batch_size * n_1`` after
+    ``acts``' layer slots (the previous batch's activations are still needed). Returns the loss
+    sum.
     """
+    if consecutive_batches(order, batch_size):
+        return deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
+                              deltas, min_par, n_tasks, None)
+    return deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts, deltas,
+                          min_par, n_tasks, order)
+
+
+@jit()
+def consecutive_batches(order, batch_size):
+    """Whether every batch ``order[start:start + batch_size]`` is a run of consecutive samples."""
     N = order.shape[0]
-    n0 = X.shape[1]
+    for start in range(0, N, batch_size):
+        first = order[start]
+        for r in range(1, min(batch_size, N - start)):
+            if order[start + r] != first + r:
+                return False
+    return True
+
+
+def batch_input(X, order, start, B, by_rows):
+    """The batch ``order[start:start + B]`` as ``deferred_sweep`` reads it: ``(X[first:first +
+    B], None)`` (a run of consecutive samples, by_rows None) or ``(X, by_rows[start:start +
+    B])`` (its rows, read through their indices)."""
+
+
+@overload(batch_input)
+def _batch_input(X, order, start, B, by_rows):
+    if isinstance(by_rows, types.NoneType):
+        def in_place(X, order, start, B, by_rows):
+            first = order[start] if B > 0 else 0
+            return X[first:first + B], None
+        return in_place
+    return lambda X, order, start, B, by_rows: (X, by_rows[start:start + B])
+
+
+@jit()
+def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts, deltas,
+                   min_par, n_tasks, by_rows):
+    """``train_epoch_deferred``'s loop, compiled once for batches that are slices of ``X``
+    (``by_rows`` None) and once for batches read through their rows (``by_rows`` = order)."""
+    N = order.shape[0]
     L = layout.shape[0]
     S = workspace_size(layout)
     n1 = layout[0, N_OUT]
+    n_y = Y.shape[1]
     w0, b0 = layer_params(params, layout, 0)
     # the next layer's parameters, or empty ones for a one-layer network (``deferred_sweep``
     # then takes delta_0, the output delta, as given)
@@ -300,18 +342,20 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
     b1 = b1[:m]
     total = 0.0
     # the previous batch: its input, a_0, and delta_0 and delta_1 in their slots of ``deltas``
-    x_prev = X[:0]
+    inp_prev, rows_prev = batch_input(X, order, 0, 0, by_rows)
+    B_prev = 0
     a_prev = acts[:0].reshape((0, n1))
     d0_prev = layer_rows(deltas, layout, 0, 0)
     d1_prev = deltas[:0].reshape((0, m))
     step_prev = params.dtype.type(0.0)
-    half = batch_size * n0
     for k, start in enumerate(range(0, N, batch_size)):
         B = min(batch_size, N - start)
-        x, y = batch_rows(X, Y, order, start, B, xbuf[(k % 2) * half:(k % 2 + 1) * half], ybuf)
+        inp, rows = batch_input(X, order, start, B, by_rows)
+        y = ybuf[:B * n_y].reshape((B, n_y))
+        gather_rows(y, Y, order, start)
         a = acts[(k % 2) * batch_size * S:(k % 2) * batch_size * S + B * n1].reshape((B, n1))
-        deferred_sweep(a, d0_prev, x, x_prev, a_prev, d1_prev, w0, b0, w1, b1, step_prev,
-                       x_prev.shape[0] > 0, layout[0, ACT], n_tasks)
+        deferred_sweep(a, d0_prev, inp, rows, inp_prev, rows_prev, a_prev, d1_prev, w0, b0, w1,
+                       b1, step_prev, B_prev > 0, layout[0, ACT], n_tasks)
         total += loss_sum(forward_upper(acts, a, params, layout, min_par), y, loss)
         step_prev = -lr / params.dtype.type(B)
         d0_prev = layer_rows(deltas, layout, 0, B)
@@ -320,9 +364,10 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, xbuf
             output_delta(d0_prev, a, y, loss, layout[0, ACT])
         else:
             backward_sgd_upper(deltas, acts, y, params, layout, loss, step_prev, min_par, 2)
-        x_prev = x
+        inp_prev, rows_prev, B_prev = inp, rows, B
         a_prev = a
-    if x_prev.shape[0] > 0:  # the last batch's steps: the same region without a new batch
-        deferred_sweep(acts[:0].reshape((0, n1)), d0_prev, X[:0], x_prev, a_prev, d1_prev, w0,
-                       b0, w1, b1, step_prev, True, layout[0, ACT], n_tasks)
+    if B_prev > 0:  # the last batch's steps: the same region without a new batch
+        none, no_rows = batch_input(X, order, 0, 0, by_rows)
+        deferred_sweep(acts[:0].reshape((0, n1)), d0_prev, none, no_rows, inp_prev, rows_prev,
+                       a_prev, d1_prev, w0, b0, w1, b1, step_prev, True, layout[0, ACT], n_tasks)
     return total
