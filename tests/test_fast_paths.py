@@ -156,6 +156,50 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
         np.testing.assert_allclose(b, bs[l], rtol=tol, atol=tol)
 
 
+def test_consecutive_batches():
+    """The deferred loop reads batches as slices of X exactly when every batch is a run."""
+    runs = np.array([4, 5, 6, 7, 0, 1, 2, 3, 8, 9], dtype=np.int64)  # runs of 4, ragged end
+    assert knet.consecutive_batches(runs, 4)
+    assert knet.consecutive_batches(np.arange(10, dtype=np.int64), 3)
+    assert not knet.consecutive_batches(runs, 5)  # [4 5 6 7 0]
+    swapped = np.arange(32, dtype=np.int64)
+    swapped[[15, 16]] = swapped[[16, 15]]  # only across a boundary of batches of 16
+    assert not knet.consecutive_batches(swapped, 16)
+    assert knet.consecutive_batches(swapped[::-1].copy(), 1)
+    assert knet.consecutive_batches(np.zeros(0, dtype=np.int64), 4)
+
+
+@pytest.mark.parametrize("kind", ["runs", "one-swap"])
+def test_deferred_epoch_on_permuted_runs_equals_the_plain_loop(kind, dtype):
+    """Batches that are runs in a shuffled order of batches (read as slices of X), and the same
+    order with one pair of samples swapped (every batch then read through its row indices),
+    give the plain loop's weights bit for bit."""
+    sizes, B, N = (300, 64, 5), 16, 96
+    rng = np.random.default_rng(2)
+    X = rng.uniform(-1, 1, (N, sizes[0])).astype(dtype)
+    Y = rng.uniform(0.05, 0.95, (N, sizes[-1])).astype(dtype)
+    layout, P = make_layout(sizes, [ACTIVATIONS["sigmoid"]] * 2)
+    p0 = rng.uniform(-0.2, 0.2, P).astype(dtype)
+    order = (rng.permutation(N // B)[:, None] * B + np.arange(B)).ravel().astype(np.int64)
+    if kind == "one-swap":
+        order[[3, 40]] = order[[40, 3]]
+    assert knet.consecutive_batches(order, B) == (kind == "runs")
+    S = knet.workspace_size(layout)
+    lr, loss = dtype(0.5), LOSSES["mse"]
+    results = []
+    for min_par in (0, 4096):  # every layer threaded (plain loop), first layer only (deferred)
+        params = p0.copy()
+        knet.train_epoch(params, params, X, Y, order, B, lr, layout, loss,
+                         np.empty(B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
+                         np.empty(B * (S + sizes[1]), dtype=dtype), np.empty(B * S, dtype=dtype),
+                         min_par, 2)
+        results.append(params)
+    assert knet.defer_first_step(B, p0, layout, 4096) and not knet.defer_first_step(B, p0,
+                                                                                      layout, 0)
+    assert not np.array_equal(results[0], p0)
+    np.testing.assert_array_equal(results[1], results[0])
+
+
 @pytest.mark.parametrize("B, min_par", [(1, 4096), (8, 4096), (8, 0)],
                          ids=["per-sample", "deferred", "plain"])
 def test_train_epoch_on_slices_of_the_order_is_the_whole_epoch(B, min_par, dtype):
