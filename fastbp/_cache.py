@@ -137,7 +137,7 @@ def _rebuild(dirs, marker):
             for path in glob.glob(os.path.join(folder, pattern)):
                 with contextlib.suppress(OSError):
                     os.remove(path)
-    print("fastbp: compiling the kernels for first use (a minute or two; they are cached "
+    print("fastbp: compiling the kernels for first use (a few minutes; they are cached "
           "afterwards)", file=sys.stderr, flush=True)
     _state["fresh"] = True
     warmup_all()

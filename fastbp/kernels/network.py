@@ -232,9 +232,8 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     lr of params' dtype; workspaces xbuf (>= batch_size * n_0), ybuf (>= batch_size * n_L),
     acts (>= max(batch_size, 2) * S + batch_size * n_1 with S = sum_l n_out_l), deltas
     (>= batch_size * S); the deferred path below needs the extra ``batch_size * n_1`` of
-    ``acts``, and is skipped without it. ``n_tasks``: the
-    number of threads the deferred path splits its region into (the results do not depend on
-    it). Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
+    ``acts``, and is skipped without it. ``n_tasks``: the number of threads the deferred path
+    splits its region into (the results do not depend on it). Batch size 1 takes the fused per-sample path (:mod:`fastbp.kernels.fused`); where
     ``defer_first_step`` says so, the first two layers' steps are deferred
     (``train_epoch_deferred``).
     """
@@ -310,7 +309,11 @@ def consecutive_batches(order, batch_size):
 def batch_input(X, order, start, B, by_rows):
     """The batch ``order[start:start + B]`` as ``deferred_sweep`` reads it: ``(X[first:first +
     B], None)`` (a run of consecutive samples, by_rows None) or ``(X, by_rows[start:start +
-    B])`` (its rows, read through their indices)."""
+    B])`` (its rows, read through their indices). Chosen when compiling, by ``by_rows``' type."""
+    if by_rows is None:
+        first = order[start] if B > 0 else 0
+        return X[first:first + B], None
+    return X, by_rows[start:start + B]
 
 
 @overload(batch_input)
@@ -341,9 +344,10 @@ def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts
     w1 = w1[:m]
     b1 = b1[:m]
     total = 0.0
-    # the previous batch: its input, a_0, and delta_0 and delta_1 in their slots of ``deltas``
-    inp_prev, rows_prev = batch_input(X, order, 0, 0, by_rows)
-    B_prev = 0
+    # no batch (before the first one, and after the last), then the previous batch: its input,
+    # a_0, and delta_0 and delta_1 in their slots of ``deltas``
+    no_inp, no_rows = batch_input(X, order, 0, 0, by_rows)
+    inp_prev, rows_prev, B_prev = no_inp, no_rows, 0
     a_prev = acts[:0].reshape((0, n1))
     d0_prev = layer_rows(deltas, layout, 0, 0)
     d1_prev = deltas[:0].reshape((0, m))
@@ -367,7 +371,6 @@ def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts
         inp_prev, rows_prev, B_prev = inp, rows, B
         a_prev = a
     if B_prev > 0:  # the last batch's steps: the same region without a new batch
-        none, no_rows = batch_input(X, order, 0, 0, by_rows)
-        deferred_sweep(acts[:0].reshape((0, n1)), d0_prev, none, no_rows, inp_prev, rows_prev,
+        deferred_sweep(acts[:0].reshape((0, n1)), d0_prev, no_inp, no_rows, inp_prev, rows_prev,
                        a_prev, d1_prev, w0, b0, w1, b1, step_prev, True, layout[0, ACT], n_tasks)
     return total
