@@ -8,6 +8,7 @@ with a factor of 2 of slack, plus a few ``eps`` relative for the activation. Any
 Outputs are pre-filled with NaN, so an element a kernel forgets to write fails the comparison.
 """
 import itertools
+import json
 
 import numba
 import numpy as np
@@ -118,6 +119,77 @@ def test_dense_forward_zero_weights_give_activation_of_bias(rng):
                 ref = naive.activate(b, act)
                 np.testing.assert_allclose(out, np.broadcast_to(ref, (5, 7)), rtol=4 * eps(dtype),
                                            atol=0)
+
+
+VECTOR_WIDTH_SCRIPT = """
+import json, sys
+import numpy as np
+from fastbp import kernels as K
+from fastbp.kernels.dense import forward_units
+from fastbp.kernels.simd import vector_bits
+import numba
+
+@numba.njit
+def by_rows(out, X, W, b, rows):
+    for t in range((W.shape[0] + 3) // 4):
+        forward_units(out, X, W, b, t, rows)
+
+rng = np.random.default_rng(3)
+worst = 0.0
+for dtype in (np.float32, np.float64):
+    e = float(np.finfo(dtype).eps)
+    for B, n_in, n_out in [(4, 1, 4), (5, 3, 5), (8, 16, 8), (9, 17, 6), (12, 33, 9),
+                           (17, 129, 13), (32, 784, 12)]:
+        X = rng.uniform(-1, 1, (B + 7, n_in)).astype(dtype)
+        W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        b = rng.uniform(-1, 1, n_out).astype(dtype)
+        rows = rng.permutation(B + 7)[:B]
+        outs = []
+        for kernel in (K.dense_forward, K.dense_forward_serial):
+            out = np.full((B, n_out), np.nan, dtype)
+            kernel(out, X[:B], W, b, K.IDENTITY)
+            outs.append((out, X[:B]))
+        out = np.full((B, n_out), np.nan, dtype)
+        by_rows(out, X, W, b, rows)
+        outs.append((out, X[rows]))
+        for out, x in outs:
+            x64, W64 = x.astype(np.float64), W.astype(np.float64)
+            ref = x64 @ W64.T + b
+            bound = 2 * (n_in + 2) * e * (np.abs(x64) @ np.abs(W64).T + np.abs(b))
+            assert np.isfinite(out).all(), (dtype, B, n_in, n_out)
+            worst = max(worst, float((np.abs(out - ref) / bound).max()))
+print(json.dumps({"bits": vector_bits(), "worst": worst}))
+"""
+
+
+@pytest.mark.parametrize("cpu, features, bits", [
+    ("haswell", "+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+fma,+f16c",
+     256),
+    ("x86-64", "+64bit,+sse,+sse2", 128)], ids=["avx2", "sse2"])
+def test_forward_tile_at_narrower_vector_widths(tmp_path, cpu, features, bits):
+    """``simd.dot_tile`` builds its vectors at the width of the CPU numba compiles for (512 bits
+    on this project's machines). A fresh process compiles for an older x86 CPU (numba's
+    ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``, no disk cache) and checks the forward pass against
+    NumPy: whole tiles, columns past the last vector, fewer columns than one vector, and rows
+    read through indices, both dtypes."""
+    import os
+    import platform
+    import subprocess
+    import sys
+    from pathlib import Path
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86 CPU names")
+    script = tmp_path / "widths.py"
+    script.write_text(VECTOR_WIDTH_SCRIPT)
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, FASTBP_CACHE="0",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["bits"] == bits
+    assert result["worst"] <= 1.0, result
 
 
 # ---- dense_backward --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from numba.extending import intrinsic, overload
 from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
                           activation_parts)
+from .simd import dot_tile
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -62,90 +63,130 @@ def _n_rows(arr, rows):
     return lambda arr, rows: rows.shape[0]
 
 
+def tile_sums(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
+    """The 4 (units) x 4 (samples) tile of ``forward_rows4``: ``out[b + k, i0 + u] = bias[i0 + u]
+    + sum_{j < m} weight[i0 + u, j] inp[q_k, j]`` for k, u < 4; returns ``m``, the columns
+    summed (the caller adds the rest). C-contiguous arrays take ``simd.dot_tile`` (whole
+    vectors only); others (column views from the user's ``@njit`` code) ``tile_loops`` (all
+    columns). Chosen when compiling."""
+    return tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias)
+
+
+@overload(tile_sums)
+def _tile_sums(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
+    if all(a.layout == "C" for a in (out, weight, inp, bias)):
+        return (lambda out, b, weight, i0, inp, q0, q1, q2, q3, bias:
+                dot_tile(out, b, weight, i0, inp, q0, q1, q2, q3, bias))
+    return (lambda out, b, weight, i0, inp, q0, q1, q2, q3, bias:
+            tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias))
+
+
 @jit(noalias=True)
-def forward_rows4(out, inp, weight, bias, i0, rows):
-    """Units ``i0 .. i0 + 3`` of ``dense_forward``'s sums (no activation): ``out[b, i] =
-    sum_j W_ij inp_bj + b_i`` for every sample (sample ``b`` is the row ``row_of(rows, b)`` of
-    ``inp``). 4 (units) x 4 (samples) register tiles: 8 loads feed 16 multiply-adds; a last 1
-    to 3 samples take 4 units x 1 sample."""
-    B = n_rows(inp, rows)
+def tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
+    """``tile_sums`` as numba loops, for any layout: 8 loads feed 16 multiply-adds, and the
+    compiler closes each of the 16 sums on its own. Returns the number of columns."""
     n_in = inp.shape[1]
     w0 = weight[i0]
     w1 = weight[i0 + 1]
     w2 = weight[i0 + 2]
     w3 = weight[i0 + 3]
+    x0 = inp[q0]
+    x1 = inp[q1]
+    x2 = inp[q2]
+    x3 = inp[q3]
+    s00 = type(bias[i0])(0.0)
+    s01 = s00
+    s02 = s00
+    s03 = s00
+    s10 = s00
+    s11 = s00
+    s12 = s00
+    s13 = s00
+    s20 = s00
+    s21 = s00
+    s22 = s00
+    s23 = s00
+    s30 = s00
+    s31 = s00
+    s32 = s00
+    s33 = s00
+    for j in range(n_in):
+        u0 = x0[j]
+        u1 = x1[j]
+        u2 = x2[j]
+        u3 = x3[j]
+        v = w0[j]
+        s00 += v * u0
+        s01 += v * u1
+        s02 += v * u2
+        s03 += v * u3
+        v = w1[j]
+        s10 += v * u0
+        s11 += v * u1
+        s12 += v * u2
+        s13 += v * u3
+        v = w2[j]
+        s20 += v * u0
+        s21 += v * u1
+        s22 += v * u2
+        s23 += v * u3
+        v = w3[j]
+        s30 += v * u0
+        s31 += v * u1
+        s32 += v * u2
+        s33 += v * u3
     c0 = bias[i0]
     c1 = bias[i0 + 1]
     c2 = bias[i0 + 2]
     c3 = bias[i0 + 3]
+    out[b, i0] = s00 + c0
+    out[b + 1, i0] = s01 + c0
+    out[b + 2, i0] = s02 + c0
+    out[b + 3, i0] = s03 + c0
+    out[b, i0 + 1] = s10 + c1
+    out[b + 1, i0 + 1] = s11 + c1
+    out[b + 2, i0 + 1] = s12 + c1
+    out[b + 3, i0 + 1] = s13 + c1
+    out[b, i0 + 2] = s20 + c2
+    out[b + 1, i0 + 2] = s21 + c2
+    out[b + 2, i0 + 2] = s22 + c2
+    out[b + 3, i0 + 2] = s23 + c2
+    out[b, i0 + 3] = s30 + c3
+    out[b + 1, i0 + 3] = s31 + c3
+    out[b + 2, i0 + 3] = s32 + c3
+    out[b + 3, i0 + 3] = s33 + c3
+    return n_in
+
+
+@jit(noalias=True)
+def forward_rows4(out, inp, weight, bias, i0, rows):
+    """Units ``i0 .. i0 + 3`` of ``dense_forward``'s sums (no activation): ``out[b, i] =
+    sum_j W_ij inp_bj + b_i`` for every sample (sample ``b`` is the row ``row_of(rows, b)`` of
+    ``inp``). 4 (units) x 4 (samples) register tiles (``tile_sums``), then the columns they
+    left; a last 1 to 3 samples take 4 units x 1 sample."""
+    B = n_rows(inp, rows)
+    n_in = inp.shape[1]
     b = 0
     while b + 4 <= B:
-        # a 4 (units) x 4 (samples) register tile: 8 loads feed 16 multiply-adds
-        x0 = inp[row_of(rows, b)]
-        x1 = inp[row_of(rows, b + 1)]
-        x2 = inp[row_of(rows, b + 2)]
-        x3 = inp[row_of(rows, b + 3)]
-        s00 = type(c0)(0.0)
-        s01 = s00
-        s02 = s00
-        s03 = s00
-        s10 = s00
-        s11 = s00
-        s12 = s00
-        s13 = s00
-        s20 = s00
-        s21 = s00
-        s22 = s00
-        s23 = s00
-        s30 = s00
-        s31 = s00
-        s32 = s00
-        s33 = s00
-        for j in range(n_in):
-            u0 = x0[j]
-            u1 = x1[j]
-            u2 = x2[j]
-            u3 = x3[j]
-            v = w0[j]
-            s00 += v * u0
-            s01 += v * u1
-            s02 += v * u2
-            s03 += v * u3
-            v = w1[j]
-            s10 += v * u0
-            s11 += v * u1
-            s12 += v * u2
-            s13 += v * u3
-            v = w2[j]
-            s20 += v * u0
-            s21 += v * u1
-            s22 += v * u2
-            s23 += v * u3
-            v = w3[j]
-            s30 += v * u0
-            s31 += v * u1
-            s32 += v * u2
-            s33 += v * u3
-        out[b, i0] = s00 + c0
-        out[b + 1, i0] = s01 + c0
-        out[b + 2, i0] = s02 + c0
-        out[b + 3, i0] = s03 + c0
-        out[b, i0 + 1] = s10 + c1
-        out[b + 1, i0 + 1] = s11 + c1
-        out[b + 2, i0 + 1] = s12 + c1
-        out[b + 3, i0 + 1] = s13 + c1
-        out[b, i0 + 2] = s20 + c2
-        out[b + 1, i0 + 2] = s21 + c2
-        out[b + 2, i0 + 2] = s22 + c2
-        out[b + 3, i0 + 2] = s23 + c2
-        out[b, i0 + 3] = s30 + c3
-        out[b + 1, i0 + 3] = s31 + c3
-        out[b + 2, i0 + 3] = s32 + c3
-        out[b + 3, i0 + 3] = s33 + c3
+        m = tile_sums(out, b, weight, i0, inp, row_of(rows, b), row_of(rows, b + 1),
+                      row_of(rows, b + 2), row_of(rows, b + 3), bias)
+        if m < n_in:
+            for k in range(4):
+                x = inp[row_of(rows, b + k)]
+                for u in range(4):
+                    w = weight[i0 + u]
+                    s = out[b + k, i0 + u]
+                    for j in range(m, n_in):
+                        s += w[j] * x[j]
+                    out[b + k, i0 + u] = s
         b += 4
+    w0 = weight[i0]
+    w1 = weight[i0 + 1]
+    w2 = weight[i0 + 2]
+    w3 = weight[i0 + 3]
     while b < B:
         x0 = inp[row_of(rows, b)]
-        s0 = type(c0)(0.0)
+        s0 = type(bias[i0])(0.0)
         s1 = s0
         s2 = s0
         s3 = s0
@@ -155,10 +196,10 @@ def forward_rows4(out, inp, weight, bias, i0, rows):
             s1 += w1[j] * u
             s2 += w2[j] * u
             s3 += w3[j] * u
-        out[b, i0] = s0 + c0
-        out[b, i0 + 1] = s1 + c1
-        out[b, i0 + 2] = s2 + c2
-        out[b, i0 + 3] = s3 + c3
+        out[b, i0] = s0 + bias[i0]
+        out[b, i0 + 1] = s1 + bias[i0 + 1]
+        out[b, i0 + 2] = s2 + bias[i0 + 2]
+        out[b, i0 + 3] = s3 + bias[i0 + 3]
         b += 1
 
 
