@@ -125,7 +125,7 @@ VECTOR_WIDTH_SCRIPT = """
 import json, sys
 import numpy as np
 from fastbp import kernels as K
-from fastbp.kernels.dense import forward_units
+from fastbp.kernels.dense import forward_units, grad_block
 from fastbp.kernels.simd import vector_bits
 import numba
 
@@ -158,6 +158,44 @@ for dtype in (np.float32, np.float64):
             bound = 2 * (n_in + 2) * e * (np.abs(x64) @ np.abs(W64).T + np.abs(b))
             assert np.isfinite(out).all(), (dtype, B, n_in, n_out)
             worst = max(worst, float((np.abs(out - ref) / bound).max()))
+
+@numba.njit
+def grad_by_rows(W, bias, d, X, scale, rows, j0, j1):
+    for i0 in range(0, W.shape[0], 4):
+        grad_block(W, bias, d, X, scale, True, i0, min(i0 + 4, W.shape[0]), j0, j1, rows)
+
+for dtype in (np.float32, np.float64):
+    e = float(np.finfo(dtype).eps)
+    for B, n_in, n_out in [(1, 3, 4), (5, 5, 6), (9, 16, 8), (7, 37, 9), (32, 784, 12),
+                           (3, 1100, 5)]:
+        X = rng.uniform(-1, 1, (B + 7, n_in)).astype(dtype)
+        d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
+        W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        b0 = rng.uniform(-1, 1, n_out).astype(dtype)
+        scale = dtype(-0.37)
+        rows = rng.permutation(B + 7)[:B]
+        outs = []
+        for accumulate in (False, True):
+            for kernel in (K.dense_grad, K.dense_grad_serial):
+                W = W0.copy() if accumulate else np.full_like(W0, np.nan)
+                kernel(W, b0.copy(), d, X[:B], scale, accumulate)
+                outs.append((W, X[:B], accumulate))
+        # through row indices, and with the columns split at odd places: bitwise the same
+        whole, split = W0.copy(), W0.copy()
+        grad_by_rows(whole, b0.copy(), d, X, scale, rows, 0, n_in)
+        cuts = sorted({0, n_in, min(5, n_in), min(21, n_in), n_in // 2})
+        bias = b0.copy()
+        for j0, j1 in zip(cuts[:-1], cuts[1:]):
+            grad_by_rows(split, bias, d, X, scale, rows, j0, j1)
+        assert np.array_equal(whole, split), ("split", dtype, B, n_in, n_out)
+        outs.append((whole, X[rows], True))
+        for W, x, accumulate in outs:
+            d64, x64 = d.astype(np.float64), x.astype(np.float64)
+            base = W0.astype(np.float64) if accumulate else 0.0
+            ref = base + float(scale) * (d64.T @ x64)
+            bound = 2 * (B + 2) * e * (0.37 * (np.abs(d64).T @ np.abs(x64)) + np.abs(base))
+            assert np.isfinite(W).all(), (dtype, B, n_in, n_out)
+            worst = max(worst, float((np.abs(W - ref) / bound).max()))
 print(json.dumps({"bits": vector_bits(), "worst": worst}))
 """
 
@@ -166,12 +204,13 @@ print(json.dumps({"bits": vector_bits(), "worst": worst}))
     ("haswell", "+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+fma,+f16c",
      256),
     ("x86-64", "+64bit,+sse,+sse2", 128)], ids=["avx2", "sse2"])
-def test_forward_tile_at_narrower_vector_widths(tmp_path, cpu, features, bits):
-    """``simd.dot_tile`` builds its vectors at the width of the CPU numba compiles for (512 bits
-    on this project's machines). A fresh process compiles for an older x86 CPU (numba's
-    ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``, no disk cache) and checks the forward pass against
-    NumPy: whole tiles, columns past the last vector, fewer columns than one vector, and rows
-    read through indices, both dtypes."""
+def test_vector_tiles_at_narrower_vector_widths(tmp_path, cpu, features, bits):
+    """``simd.dot_tile`` and ``simd.grad_tile`` build their vectors at the width of the CPU numba
+    compiles for (512 bits on this project's machines). A fresh process compiles for an older
+    x86 CPU (numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``, no disk cache) and checks the
+    forward pass and the gradient against NumPy (whole tiles, columns past the last vector,
+    fewer columns than one vector, rows read through indices, both dtypes), and that the
+    gradient's columns come out bitwise the same however they are split."""
     import os
     import platform
     import subprocess

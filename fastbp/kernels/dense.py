@@ -20,13 +20,13 @@ from numba.extending import intrinsic, overload
 from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
                           activation_parts)
-from .simd import dot_tile
+from .simd import dot_tile, grad_tile
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
 CHUNK = 256
-# The gradient's column chunk (at most this wide, equal chunks): with its 4 rows of ``dW`` and 4
-# rows of the input it stays in L1.
+# The gradient's column chunk (at most this wide, equal chunks): ``dense_grad`` hands its
+# threads (4-row, chunk) tiles. (Results do not depend on the chunks.)
 GRAD_CHUNK = 512
 # ``deferred_sweep``: while a task applies the step to its first this many 4-row blocks, it
 # prefetches the new batch into L2, and it takes their sums after. On 784-128-10, batch 32,
@@ -426,12 +426,10 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     dweight (n_out, n_in), dbias (n_out,), dout (B, n_out) = delta_l, inp (B, n_in) = a_{l-1},
     scale: a scalar of the arrays' dtype. ``dweight`` and ``dbias`` must not overlap the inputs.
 
-    Each (4-row, column-chunk) tile of ``dW`` takes 4 samples at a time: the 16 coefficients
-    ``scale * dout[b, i]`` stay in registers and every loaded input element feeds 4 rows, so a
-    vector of ``dW`` costs 4 loads of ``inp`` and one load and one store per row for 16
-    multiply-adds. The body indexes the arrays directly (no row views): numba then knows the
-    arguments do not alias and the compiler vectorizes the four row updates without run-time
-    overlap checks.
+    A thread owns (4-row, column-chunk) tiles of ``dW`` (``grad_block``): 4 rows of sums held
+    in registers over the whole batch (``simd.grad_tile``), a sample costing 4 loads of ``inp``
+    and 4 broadcast coefficients for 16 vector multiply-adds; the last 1 to 3 rows take rank-4
+    updates by rows. An element's result does not depend on the chunks (``grad_tile``).
     """
     n_in = inp.shape[1]
     n_out = dweight.shape[0]
@@ -449,29 +447,20 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
 def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1, rows):
     """One tile of ``dense_grad``: rows ``i0 .. i1 - 1`` (at most 4), columns ``j0 .. j1 - 1`` of
     ``dW``, and those rows of ``db`` when ``j0 == 0``. Sample ``b`` (row ``b`` of ``dout``) is
-    the row ``row_of(rows, b)`` of ``inp``."""
+    the row ``row_of(rows, b)`` of ``inp``. 4 rows take ``grad_rows4``; fewer, rank-4 updates
+    by rows."""
     B = dout.shape[0]
-    # unsigned column indices: numba then emits no negative-index wrap-around, which would
-    # keep the compiler from vectorizing the column loops
-    u0 = np.uint64(j0)
-    u1 = np.uint64(j1)
-    if not accumulate:
-        for i in range(i0, i1):
-            for j in range(u0, u1):
-                dweight[i, j] = 0
     if i1 - i0 == 4:
-        b = 0
-        while b + 4 <= B:
-            rank4_rows(dweight, i0, inp, b, u0, u1, coefficients(dout, b, i0, scale, True),
-                       rows)
-            b += 4
-        while b < B:
-            rank1_rows(dweight, i0, inp, b, u0, u1, scale * dout[b, i0],
-                       scale * dout[b, i0 + 1], scale * dout[b, i0 + 2],
-                       scale * dout[b, i0 + 3], rows)
-            b += 1
+        grad_rows4(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows)
     else:
+        # unsigned column indices: numba then emits no negative-index wrap-around, which would
+        # keep the compiler from vectorizing the column loops
+        u0 = np.uint64(j0)
+        u1 = np.uint64(j1)
         for i in range(i0, i1):
+            if not accumulate:
+                for j in range(u0, u1):
+                    dweight[i, j] = 0
             b = 0
             while b + 4 <= B:
                 row_rank4(dweight, i, inp, b, u0, u1, scale * dout[b, i],
@@ -490,6 +479,46 @@ def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1, row
                 dbias[i] += scale * s
             else:
                 dbias[i] = scale * s
+
+
+def grad_rows4(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows):
+    """Rows ``i0 .. i0 + 3``, columns ``j0 .. j1 - 1`` of ``grad_block``'s ``dW``. C-contiguous
+    arrays take ``simd.grad_tile`` (the rows held in registers over the whole batch); others
+    (views from the user's ``@njit`` code) ``grad_rows4_loops``. Chosen when compiling."""
+    grad_rows4_loops(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows)
+
+
+@overload(grad_rows4)
+def _grad_rows4(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows):
+    if all(a.layout == "C" for a in (dweight, dout, inp)):
+        def tiles(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows):
+            grad_tile(dweight, i0, j0, j1, dout, inp, rows, scale, accumulate)
+        return tiles
+
+    def loops(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows):
+        grad_rows4_loops(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows)
+    return loops
+
+
+@jit(noalias=True)
+def grad_rows4_loops(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows):
+    """``grad_rows4`` as numba loops, for any layout: rank-4 updates of the 4 rows, 4 samples
+    at a time (``rank4_rows``; the coefficients ``scale * dout`` in registers)."""
+    B = dout.shape[0]
+    u0 = np.uint64(j0)
+    u1 = np.uint64(j1)
+    if not accumulate:
+        for i in range(i0, i0 + 4):
+            for j in range(u0, u1):
+                dweight[i, j] = 0
+    b = 0
+    while b + 4 <= B:
+        rank4_rows(dweight, i0, inp, b, u0, u1, coefficients(dout, b, i0, scale, True), rows)
+        b += 4
+    while b < B:
+        rank1_rows(dweight, i0, inp, b, u0, u1, scale * dout[b, i0], scale * dout[b, i0 + 1],
+                   scale * dout[b, i0 + 2], scale * dout[b, i0 + 3], rows)
+        b += 1
 
 
 @intrinsic
@@ -573,7 +602,6 @@ def deferred_sweep(out, dprev, inp, rows, inp_prev, rows_prev, a_prev, d_next, w
     n_out, n_in = weight.shape
     n_next = w_next.shape[0]
     Bp = n_rows(inp_prev, rows_prev)
-    n_chunks, width = grad_chunks(n_in)
     n_blk = (n_out + 3) // 4
     for p in prange(n_tasks):
         t0, t1 = task_blocks(n_blk, p, n_tasks)
@@ -589,10 +617,8 @@ def deferred_sweep(out, dprev, inp, rows, inp_prev, rows_prev, a_prev, d_next, w
         for t in range(t0, t1):
             if back:
                 i0 = 4 * t
-                for c in range(n_chunks):
-                    c0 = min(c * width, n_in)
-                    grad_block(weight, bias, dprev, inp_prev, step, True, i0, min(i0 + 4, n_out),
-                               c0, min(c0 + width, n_in), rows_prev)
+                grad_block(weight, bias, dprev, inp_prev, step, True, i0, min(i0 + 4, n_out), 0,
+                           n_in, rows_prev)
             k = t - t0
             if k < k_first:
                 for r in range(B * k // k_first, B * (k + 1) // k_first):
