@@ -65,26 +65,28 @@ def _n_rows(arr, rows):
 
 def tile_sums(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     """The 4 (units) x 4 (samples) tile of ``forward_rows4``: ``out[b + k, i0 + u] = bias[i0 + u]
-    + sum_{j < m} weight[i0 + u, j] inp[q_k, j]`` for k, u < 4; returns ``m``, the columns
-    summed (the caller adds the rest). C-contiguous arrays take ``simd.dot_tile`` (whole
-    vectors only); others (column views from the user's ``@njit`` code) ``tile_loops`` (all
-    columns). Chosen when compiling."""
-    return tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias)
+    + sum_j weight[i0 + u, j] inp[q_k, j]`` for k, u < 4. C-contiguous arrays take
+    ``simd.dot_tile``; others (column views from the user's ``@njit`` code) ``tile_loops``.
+    Chosen when compiling."""
+    tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias)
 
 
 @overload(tile_sums)
 def _tile_sums(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     if all(a.layout == "C" for a in (out, weight, inp, bias)):
-        return (lambda out, b, weight, i0, inp, q0, q1, q2, q3, bias:
-                dot_tile(out, b, weight, i0, inp, q0, q1, q2, q3, bias))
-    return (lambda out, b, weight, i0, inp, q0, q1, q2, q3, bias:
-            tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias))
+        def vectors(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
+            dot_tile(out, b, weight, i0, inp, q0, q1, q2, q3, bias)
+        return vectors
+
+    def loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
+        tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias)
+    return loops
 
 
 @jit(noalias=True)
 def tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     """``tile_sums`` as numba loops, for any layout: 8 loads feed 16 multiply-adds, and the
-    compiler closes each of the 16 sums on its own. Returns the number of columns."""
+    compiler closes each of the 16 sums on its own."""
     n_in = inp.shape[1]
     w0 = weight[i0]
     w1 = weight[i0 + 1]
@@ -155,30 +157,20 @@ def tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     out[b + 1, i0 + 3] = s31 + c3
     out[b + 2, i0 + 3] = s32 + c3
     out[b + 3, i0 + 3] = s33 + c3
-    return n_in
 
 
 @jit(noalias=True)
 def forward_rows4(out, inp, weight, bias, i0, rows):
     """Units ``i0 .. i0 + 3`` of ``dense_forward``'s sums (no activation): ``out[b, i] =
     sum_j W_ij inp_bj + b_i`` for every sample (sample ``b`` is the row ``row_of(rows, b)`` of
-    ``inp``). 4 (units) x 4 (samples) register tiles (``tile_sums``), then the columns they
-    left; a last 1 to 3 samples take 4 units x 1 sample."""
+    ``inp``). 4 (units) x 4 (samples) register tiles (``tile_sums``); a last 1 to 3 samples
+    take 4 units x 1 sample."""
     B = n_rows(inp, rows)
     n_in = inp.shape[1]
     b = 0
     while b + 4 <= B:
-        m = tile_sums(out, b, weight, i0, inp, row_of(rows, b), row_of(rows, b + 1),
-                      row_of(rows, b + 2), row_of(rows, b + 3), bias)
-        if m < n_in:
-            for k in range(4):
-                x = inp[row_of(rows, b + k)]
-                for u in range(4):
-                    w = weight[i0 + u]
-                    s = out[b + k, i0 + u]
-                    for j in range(m, n_in):
-                        s += w[j] * x[j]
-                    out[b + k, i0 + u] = s
+        tile_sums(out, b, weight, i0, inp, row_of(rows, b), row_of(rows, b + 1),
+                  row_of(rows, b + 2), row_of(rows, b + 3), bias)
         b += 4
     w0 = weight[i0]
     w1 = weight[i0 + 1]

@@ -76,11 +76,59 @@ def _close(builder, vecs, lanes):
     return vecs
 
 
+def _first_lanes(builder, lanes, count):
+    """The mask of the first ``count`` (an intp below ``lanes``) of ``lanes`` lanes."""
+    i32 = ir.IntType(32)
+    mask_type = ir.VectorType(i32, lanes)
+    undef = ir.Constant(mask_type, ir.Undefined)
+    n = builder.insert_element(undef, builder.trunc(count, i32), i32(0))
+    n = builder.shuffle_vector(n, undef, ir.Constant(mask_type, [0] * lanes))
+    return builder.icmp_signed("<", ir.Constant(mask_type, list(range(lanes))), n)
+
+
+def _vector_load(builder, ptr, vty, align, mask=None):
+    """A vector load from ``ptr`` (a pointer to the element type); with ``mask``, only those
+    lanes are read (no fault past them) and the others are 0."""
+    vptr = builder.bitcast(ptr, vty.as_pointer())
+    if mask is None:
+        return builder.load(vptr, align=align)
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vptr.type, i32, mask.type, vty]),
+        "llvm.masked.load.v%d%s.p0" % (vty.count, _suffix(vty)))
+    zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * vty.count)
+    return builder.call(fn, [vptr, i32(align), mask, zero])
+
+
+def _vector_store(builder, value, ptr, align, mask=None):
+    """A vector store to ``ptr``; with ``mask``, only those lanes are written."""
+    vty = value.type
+    vptr = builder.bitcast(ptr, vty.as_pointer())
+    if mask is None:
+        builder.store(value, vptr, align=align)
+        return
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vty, vptr.type, i32, mask.type]),
+        "llvm.masked.store.v%d%s.p0" % (vty.count, _suffix(vty)))
+    builder.call(fn, [value, vptr, i32(align), mask])
+
+
+def _suffix(vty):
+    return "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+
+
+def _multiply_add(builder, vty):
+    """LLVM's ``fmuladd`` on ``vty``: a * b + c, fused where the CPU has FMA."""
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty] * 3),
+        "llvm.fmuladd.v%d%s" % (vty.count, _suffix(vty)))
+
+
 @intrinsic
 def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
-    """``out[b + k, i0 + u] = bias[i0 + u] + sum_{j < m} weight[i0 + u, j] inp[q_k, j]`` for
-    k, u < 4, where ``m`` is the largest multiple of the vector width (in elements) not above
-    ``inp``'s columns; returns ``m`` (the caller adds the last columns). out (B, n_out),
+    """``out[b + k, i0 + u] = bias[i0 + u] + sum_j weight[i0 + u, j] inp[q_k, j]`` for k, u < 4:
+    whole vectors, then the last columns in one masked step. out (B, n_out),
     weight (n_out, n_in), inp (N, n_in), bias (n_out,): C-contiguous, one float dtype; b, i0,
     q0 .. q3: integers (rows, not checked)."""
     arrays = (out, weight, inp)
@@ -115,20 +163,22 @@ def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
         # accumulator 4 k + u: sample k, unit u (allocas in the entry block: promoted to
         # registers)
         acc = [cgutils.alloca_once_value(builder, zero) for _ in range(16)]
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vty, [vty] * 3),
-            "llvm.fmuladd.v%d%s" % (lanes, "f32" if dtype == types.float32 else "f64"))
+        fma = _multiply_add(builder, vty)
         align = dtype.bitwidth // 8
-        with cgutils.for_range_slice(builder, intp_t(0), m, intp_t(lanes), intp_t) as (j, _):
-            def load(row):
-                return builder.load(builder.bitcast(builder.gep(row, [j]), vty.as_pointer()),
-                                    align=align)
-            w = [load(r) for r in w_rows]
-            x = [load(r) for r in x_rows]
+
+        def step(j, mask=None):
+            w = [_vector_load(builder, builder.gep(r, [j]), vty, align, mask) for r in w_rows]
+            x = [_vector_load(builder, builder.gep(r, [j]), vty, align, mask) for r in x_rows]
             for k in range(4):
                 for u in range(4):
                     a = acc[4 * k + u]
                     builder.store(builder.call(fma, [w[u], x[k], builder.load(a)]), a)
+
+        with cgutils.for_range_slice(builder, intp_t(0), m, intp_t(lanes), intp_t) as (j, _):
+            step(j)
+        # the last columns (fewer than a vector): one masked step
+        with builder.if_then(builder.icmp_signed("<", m, n_in)):
+            step(m, _first_lanes(builder, lanes, builder.sub(n_in, m)))
         sums = _close(builder, [builder.load(a) for a in acc], lanes)
         v4 = ir.VectorType(fty, 4)
         bias_ptr = builder.gep(context.make_array(bias)(context, builder, args[9]).data, [row0])
@@ -147,14 +197,15 @@ def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
                                            builder.add(b0, intp_t(k))), [row0])
             builder.store(builder.fadd(four, bias4, flags=("fast",)),
                           builder.bitcast(dst, v4.as_pointer()), align=align)
-        return m
+        return context.get_dummy_value()
 
-    return types.intp(out, b, weight, i0, inp, q0, q1, q2, q3, bias), codegen
+    return types.void(out, b, weight, i0, inp, q0, q1, q2, q3, bias), codegen
 
 
-def _emit_grad_tile(context, builder, sig, args, j, nv, lanes, acc_vectors):
+def _emit_grad_tile(context, builder, sig, args, j, nv, lanes, acc_vectors, mask=None):
     """One ``grad_tile`` register tile at column ``j``: rows ``i0 .. i0 + 3`` x ``nv`` vectors
-    of ``lanes`` columns, summed over every sample, then stepped into ``dweight``."""
+    of ``lanes`` columns (with ``mask``: one vector, those lanes only), summed over every
+    sample, then stepped into ``dweight``."""
     dweight, _, _, _, dout, inp, rows, _, _ = sig.args
     dtype = dweight.dtype
     intp_t = context.get_value_type(types.intp)
@@ -168,9 +219,7 @@ def _emit_grad_tile(context, builder, sig, args, j, nv, lanes, acc_vectors):
     acc = acc_vectors(nv, vty, zero)
     for a in acc:
         builder.store(zero, a)
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vty, [vty] * 3),
-        "llvm.fmuladd.v%d%s" % (lanes, "f32" if dtype == types.float32 else "f64"))
+    fma = _multiply_add(builder, vty)
     splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
     undef = ir.Constant(vty, ir.Undefined)
 
@@ -178,8 +227,8 @@ def _emit_grad_tile(context, builder, sig, args, j, nv, lanes, acc_vectors):
         v = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
         return builder.shuffle_vector(v, undef, splat_mask)
 
-    def vector_at(row, col):
-        return builder.bitcast(builder.gep(row, [col]), vty.as_pointer())
+    def at(row, col):
+        return builder.gep(row, [col])
 
     with cgutils.for_range(builder, n_samples, intp=intp_t) as loop:
         b = loop.index
@@ -194,7 +243,8 @@ def _emit_grad_tile(context, builder, sig, args, j, nv, lanes, acc_vectors):
         c = [splat(builder.load(builder.gep(d_row, [builder.add(i0, intp_t(u))])))
              for u in range(4)]
         for v in range(nv):
-            x = builder.load(vector_at(x_row, builder.add(j, intp_t(v * lanes))), align=align)
+            x = _vector_load(builder, at(x_row, builder.add(j, intp_t(v * lanes))), vty, align,
+                             mask)
             for u in range(4):
                 a = acc[u * nv + v]
                 builder.store(builder.call(fma, [c[u], x, builder.load(a)]), a)
@@ -203,10 +253,10 @@ def _emit_grad_tile(context, builder, sig, args, j, nv, lanes, acc_vectors):
     for u in range(4):
         w_row = _row_pointer(context, builder, dweight, args[0], builder.add(i0, intp_t(u)))
         for v in range(nv):
-            p = vector_at(w_row, builder.add(j, intp_t(v * lanes)))
-            w = builder.select(keep, builder.load(p, align=align), zero)
-            builder.store(builder.call(fma, [scale, builder.load(acc[u * nv + v]), w]), p,
-                          align=align)
+            p = at(w_row, builder.add(j, intp_t(v * lanes)))
+            w = builder.select(keep, _vector_load(builder, p, vty, align, mask), zero)
+            _vector_store(builder, builder.call(fma, [scale, builder.load(acc[u * nv + v]), w]),
+                          p, align, mask)
 
 
 @intrinsic
@@ -219,7 +269,7 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
     columns are split between threads). Register tiles of 4 rows x 4 vectors (2 below
     AVX-512: 16 vector registers), held over all the samples: a sample costs 4 vector loads and
     4 broadcasts for 16 multiply-adds, and ``dweight`` is read and written once. Then single
-    vectors, then groups of 4 and single columns (1-lane vectors). dweight (n_out, n_in), dout
+    vectors, then one masked vector for the last columns. dweight (n_out, n_in), dout
     (B, n_out), inp (N, n_in): C-contiguous, one float dtype; rows None or (B,) int64;
     i0, j0, j1: integers (not checked)."""
     arrays = (dweight, dout, inp)
@@ -257,17 +307,18 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
 
         start = context.cast(builder, args[2], signature.args[2], types.intp)
         stop = context.cast(builder, args[3], signature.args[3], types.intp)
-        # pieces: [start, p1) nv_max vectors a tile, [p1, p2) one vector, [p2, p3) 4 columns,
-        # [p3, stop) one column
+        # pieces: [start, p1) nv_max vectors a tile, [p1, p2) one vector, [p2, stop) one
+        # masked vector
         j = start
-        for width, nv, n_lanes in ((nv_max * lanes, nv_max, lanes), (lanes, 1, lanes),
-                                   (4, 4, 1), (1, 1, 1)):
+        for width, nv in ((nv_max * lanes, nv_max), (lanes, 1)):
             end = builder.add(j, builder.mul(builder.sdiv(builder.sub(stop, j), intp_t(width)),
                                              intp_t(width)))
             with cgutils.for_range_slice(builder, j, end, intp_t(width), intp_t) as (col, _):
-                _emit_grad_tile(context, builder, signature, args, col, nv, n_lanes,
-                                acc_vectors)
+                _emit_grad_tile(context, builder, signature, args, col, nv, lanes, acc_vectors)
             j = end
+        with builder.if_then(builder.icmp_signed("<", j, stop)):
+            _emit_grad_tile(context, builder, signature, args, j, 1, lanes, acc_vectors,
+                            _first_lanes(builder, lanes, builder.sub(stop, j)))
         return context.get_dummy_value()
 
     return types.void(dweight, i0, j0, j1, dout, inp, rows, scale, accumulate), codegen
