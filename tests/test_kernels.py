@@ -125,7 +125,7 @@ VECTOR_WIDTH_SCRIPT = """
 import json, sys
 import numpy as np
 from fastbp import kernels as K
-from fastbp.kernels.dense import forward_units, grad_block
+from fastbp.kernels.dense import backward_tile, forward_units, grad_block
 from fastbp.kernels.simd import vector_bits
 import numba
 
@@ -196,6 +196,35 @@ for dtype in (np.float32, np.float64):
             bound = 2 * (B + 2) * e * (0.37 * (np.abs(d64).T @ np.abs(x64)) + np.abs(base))
             assert np.isfinite(W).all(), (dtype, B, n_in, n_out)
             worst = max(worst, float((np.abs(W - ref) / bound).max()))
+
+@numba.njit
+def backward_split(dinp, d, W, a, cuts):
+    for s in range(0, dinp.shape[0], 4):
+        for c in range(cuts.shape[0] - 1):
+            backward_tile(dinp, d, W, a, K.IDENTITY, s, min(s + 4, dinp.shape[0]), cuts[c],
+                          cuts[c + 1])
+
+for dtype in (np.float32, np.float64):
+    e = float(np.finfo(dtype).eps)
+    for B, n_in, n_out in [(4, 3, 1), (5, 5, 6), (8, 16, 8), (9, 37, 7), (32, 128, 10),
+                           (4, 600, 17)]:
+        d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
+        W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        a = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        outs = []
+        for kernel in (K.dense_backward, K.dense_backward_serial):
+            out = np.full((B, n_in), np.nan, dtype)
+            kernel(out, d, W, a, K.IDENTITY)
+            outs.append(out)
+        split = np.full((B, n_in), np.nan, dtype)
+        cuts = np.array(sorted({0, n_in, min(5, n_in), min(21, n_in), n_in // 2}), np.int64)
+        backward_split(split, d, W, a, cuts)
+        assert np.array_equal(split, outs[0]), ("split", dtype, B, n_in, n_out)
+        d64, W64 = d.astype(np.float64), W.astype(np.float64)
+        bound = 2 * (n_out + 2) * e * (np.abs(d64) @ np.abs(W64))
+        for out in outs:
+            assert np.isfinite(out).all(), (dtype, B, n_in, n_out)
+            worst = max(worst, float((np.abs(out - d64 @ W64) / bound).max()))
 print(json.dumps({"bits": vector_bits(), "worst": worst}))
 """
 
@@ -205,12 +234,13 @@ print(json.dumps({"bits": vector_bits(), "worst": worst}))
      256),
     ("x86-64", "+64bit,+sse,+sse2", 128)], ids=["avx2", "sse2"])
 def test_vector_tiles_at_narrower_vector_widths(tmp_path, cpu, features, bits):
-    """``simd.dot_tile`` and ``simd.grad_tile`` build their vectors at the width of the CPU numba
-    compiles for (512 bits on this project's machines). A fresh process compiles for an older
-    x86 CPU (numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``, no disk cache) and checks the
-    forward pass and the gradient against NumPy (whole tiles, columns past the last vector,
-    fewer columns than one vector, rows read through indices, both dtypes), and that the
-    gradient's columns come out bitwise the same however they are split."""
+    """``simd.dot_tile``, ``grad_tile`` and ``delta_tile`` build their vectors at the width of the
+    CPU numba compiles for (512 bits on this project's machines). A fresh process compiles for
+    an older x86 CPU (numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``, no disk cache) and
+    checks the forward pass, the gradient and delta propagation against NumPy (whole tiles,
+    columns past the last vector, fewer columns than one vector, rows read through indices,
+    both dtypes), and that the gradient's and the deltas' columns come out bitwise the same
+    however they are split."""
     import os
     import platform
     import subprocess

@@ -20,7 +20,7 @@ from numba.extending import intrinsic, overload
 from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
                           activation_parts)
-from .simd import dot_tile, grad_tile
+from .simd import delta_tile, dot_tile, grad_tile
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -364,28 +364,19 @@ def dense_backward(dinp, dout, weight, inp, act):
 @jit(noalias=True)
 def backward_tile(dinp, dout, weight, inp, act, b0, b1, j0, j1):
     """One tile of ``dense_backward``: samples ``b0 .. b1 - 1`` (at most 4), columns
-    ``j0 .. j1 - 1`` of ``dinp``. It takes 4 rows of ``W`` at a time: each loaded weight feeds 4
-    samples (4 loads of ``W`` and 4 loads and stores of ``dinp`` for 16 multiply-adds). Indexed
-    without row views and with unsigned column indices, as ``grad_block``, so that the compiler
-    vectorizes the column loops. An element's sum does not depend on the tile's columns."""
+    ``j0 .. j1 - 1`` of ``dinp``. 4 samples take ``backward_rows4``; fewer, rank-4 updates by
+    rows (indexed without row views and with unsigned column indices, as ``grad_block``, so
+    that the compiler vectorizes the column loops). Then the activation's derivative. An
+    element's result does not depend on the tile's columns."""
     n_out = weight.shape[0]
     u0 = np.uint64(j0)
     u1 = np.uint64(j1)
-    for b in range(b0, b1):
-        for j in range(u0, u1):
-            dinp[b, j] = 0
     if b1 - b0 == 4:
-        i = 0
-        while i + 4 <= n_out:
-            rank4_rows(dinp, b0, weight, i, u0, u1,
-                       coefficients(dout, b0, i, dout.dtype.type(1.0), False), None)
-            i += 4
-        while i < n_out:
-            rank1_rows(dinp, b0, weight, i, u0, u1, dout[b0, i], dout[b0 + 1, i],
-                       dout[b0 + 2, i], dout[b0 + 3, i], None)
-            i += 1
+        backward_rows4(dinp, dout, weight, b0, j0, j1)
     else:
         for b in range(b0, b1):
+            for j in range(u0, u1):
+                dinp[b, j] = 0
             i = 0
             while i + 4 <= n_out:
                 row_rank4(dinp, b, weight, i, u0, u1, dout[b, i], dout[b, i + 1],
@@ -398,6 +389,48 @@ def backward_tile(dinp, dout, weight, inp, act, b0, b1, j0, j1):
         for b in range(b0, b1):
             for j in range(u0, u1):
                 dinp[b, j] *= activation_grad(inp[b, j], act)
+
+
+def backward_rows4(dinp, dout, weight, b0, j0, j1):
+    """Samples ``b0 .. b0 + 3``, columns ``j0 .. j1 - 1`` of ``dinp = dout W`` (before the
+    activation's derivative). C-contiguous arrays take ``simd.delta_tile`` (the sums held in
+    registers over all of ``W``'s rows); others (views from the user's ``@njit`` code)
+    ``backward_rows4_loops``. Chosen when compiling."""
+    backward_rows4_loops(dinp, dout, weight, b0, j0, j1)
+
+
+@overload(backward_rows4)
+def _backward_rows4(dinp, dout, weight, b0, j0, j1):
+    if all(a.layout == "C" for a in (dinp, dout, weight)):
+        def tiles(dinp, dout, weight, b0, j0, j1):
+            delta_tile(dinp, b0, j0, j1, dout, weight)
+        return tiles
+
+    def loops(dinp, dout, weight, b0, j0, j1):
+        backward_rows4_loops(dinp, dout, weight, b0, j0, j1)
+    return loops
+
+
+@jit(noalias=True)
+def backward_rows4_loops(dinp, dout, weight, b0, j0, j1):
+    """``backward_rows4`` as numba loops, for any layout: 4 rows of ``W`` at a time, each loaded
+    weight feeding 4 samples (4 loads of ``W`` and 4 loads and stores of ``dinp`` for 16
+    multiply-adds)."""
+    n_out = weight.shape[0]
+    u0 = np.uint64(j0)
+    u1 = np.uint64(j1)
+    for b in range(b0, b0 + 4):
+        for j in range(u0, u1):
+            dinp[b, j] = 0
+    i = 0
+    while i + 4 <= n_out:
+        rank4_rows(dinp, b0, weight, i, u0, u1,
+                   coefficients(dout, b0, i, dout.dtype.type(1.0), False), None)
+        i += 4
+    while i < n_out:
+        rank1_rows(dinp, b0, weight, i, u0, u1, dout[b0, i], dout[b0 + 1, i], dout[b0 + 2, i],
+                   dout[b0 + 3, i], None)
+        i += 1
 
 
 @jit()
