@@ -130,20 +130,26 @@ def _multiply_add(builder, vty):
         "llvm.fmuladd.v%d%s" % (vty.count, _suffix(vty)))
 
 
+def _c_float_arrays(*arrays):
+    """The dtype shared by ``arrays`` when they are all C-contiguous 2-D arrays of float32 or
+    float64 (what the tiles below take), else None (the intrinsic then does not type)."""
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays):
+        return None
+    dtype = arrays[0].dtype
+    if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in arrays):
+        return None
+    return dtype
+
+
 @intrinsic
 def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     """``out[b + k, i0 + u] = bias[i0 + u] + sum_j weight[i0 + u, j] inp[q_k, j]`` for k, u < 4:
     whole vectors, then the last columns in one masked step. out (B, n_out),
     weight (n_out, n_in), inp (N, n_in), bias (n_out,): C-contiguous, one float dtype; b, i0,
     q0 .. q3: integers (rows, not checked)."""
-    arrays = (out, weight, inp)
-    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays):
-        return None
-    if not (isinstance(bias, types.Array) and bias.ndim == 1 and bias.layout == "C"):
-        return None
-    dtype = weight.dtype
-    if dtype not in (types.float32, types.float64) or any(
-            a.dtype != dtype for a in (out, inp, bias)):
+    dtype = _c_float_arrays(out, weight, inp)
+    if dtype is None or not (isinstance(bias, types.Array) and bias.ndim == 1
+                             and bias.layout == "C" and bias.dtype == dtype):
         return None
     if not all(isinstance(i, types.Integer) for i in (b, i0, q0, q1, q2, q3)):
         return None
@@ -291,11 +297,8 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
     vectors, then one masked vector for the last columns. dweight (n_out, n_in), dout
     (B, n_out), inp (N, n_in): C-contiguous, one float dtype; rows None or (B,) int64;
     i0, j0, j1: integers (not checked)."""
-    arrays = (dweight, dout, inp)
-    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays):
-        return None
-    dtype = dweight.dtype
-    if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in arrays):
+    dtype = _c_float_arrays(dweight, dout, inp)
+    if dtype is None:
         return None
     if not (isinstance(rows, types.NoneType) or (
             isinstance(rows, types.Array) and rows.ndim == 1 and isinstance(
@@ -370,11 +373,8 @@ def delta_tile(typingctx, dinp, b0, j0, j1, dout, weight):
     and 4 broadcasts for 16 multiply-adds, and ``dinp`` written once. dinp (B, n_in), dout
     (B, n_out), weight (n_out, n_in): C-contiguous, one float dtype; b0, j0, j1: integers (not
     checked)."""
-    arrays = (dinp, dout, weight)
-    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in arrays):
-        return None
-    dtype = dinp.dtype
-    if dtype not in (types.float32, types.float64) or any(a.dtype != dtype for a in arrays):
+    dtype = _c_float_arrays(dinp, dout, weight)
+    if dtype is None:
         return None
     if not all(isinstance(i, types.Integer) for i in (b0, j0, j1)):
         return None
