@@ -6,7 +6,10 @@
 * ``CACHE``: compiled kernels are cached on disk (numba's ``cache=True``). Numba writes next to
   the module's ``__pycache__`` and falls back to a per-user cache directory when the package
   directory is read-only. ``FASTBP_CACHE=0`` in the environment turns caching off;
-  ``NUMBA_CACHE_DIR`` chooses another directory (numba's own variable).
+  ``NUMBA_CACHE_DIR`` chooses another directory (numba's own variable). Where neither folder
+  is writable (a read-only install with a read-only home), numba refuses ``cache=True``
+  outright; fastbp then compiles those kernels without a cache (each process compiles what it
+  uses), warns once, and lists them in ``UNCACHED``.
 * ``SOURCE_DIGEST``: numba checks a cached function against its own source file only, but a
   fastbp kernel inlines the kernels it calls from other files, so an edited (or upgraded)
   ``fused.py`` would leave ``network.py``'s cached driver running the old code. Every cached
@@ -22,6 +25,7 @@
 import hashlib
 import os
 import types
+import warnings
 
 from numba import njit
 from numba.core import compiler
@@ -46,6 +50,13 @@ def _sources_digest():
 SOURCE_DIGEST = _sources_digest() if CACHE else ""
 
 DISPATCHERS = []  # every fastbp kernel, for fastbp._cache
+UNCACHED = []     # kernels numba found no writable cache folder for (compiled in each process)
+
+NO_CACHE_FOLDER = (
+    "fastbp: numba found no writable folder for its compile cache (neither next to fastbp's "
+    "modules nor numba's per-user cache folder), so fastbp's kernels are compiled in every "
+    "process that uses them. Set NUMBA_CACHE_DIR to a writable folder to cache them, or "
+    "FASTBP_CACHE=0 to turn caching off without this warning.")
 
 
 class _NoAliasCompiler(compiler.CompilerBase):
@@ -68,8 +79,20 @@ def jit(parallel=False, noalias=False):
         if CACHE:
             pyfunc.__qualname__ = f"{pyfunc.__qualname__}__{SOURCE_DIGEST}"
         options = {"pipeline_class": _NoAliasCompiler} if noalias else {}
-        dispatcher = njit(parallel=parallel, fastmath=set(FASTMATH), cache=CACHE, nogil=True,
-                          error_model="numpy", **options)(pyfunc)
+
+        def compile_with(cache):
+            return njit(parallel=parallel, fastmath=set(FASTMATH), cache=cache, nogil=True,
+                        error_model="numpy", **options)(pyfunc)
+
+        try:
+            dispatcher = compile_with(CACHE)
+        except RuntimeError as exc:  # numba: "cannot cache function ...: no locator available"
+            if not CACHE or "no locator available" not in str(exc):
+                raise
+            if not UNCACHED:
+                warnings.warn(NO_CACHE_FOLDER, RuntimeWarning, stacklevel=2)
+            UNCACHED.append(pyfunc.__name__)
+            dispatcher = compile_with(False)
         DISPATCHERS.append(dispatcher)
         return dispatcher
     return decorate

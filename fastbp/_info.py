@@ -32,8 +32,11 @@ def config_dict():
         "fastbp_threads": _threads.get_num_threads(),
         "fastbp_threads_setting": _threads._process_threads,
         "serial_only_after_fork": _threads._serial_only,
-        "cache": _config.CACHE,
-        "cache_dir": cache_dir if _config.CACHE else "(caching off: FASTBP_CACHE=0)",
+        "cache": _config.CACHE and not _config.UNCACHED,
+        "cache_dir": (cache_dir if _config.CACHE and not _config.UNCACHED else
+                      "(caching off: FASTBP_CACHE=0)" if not _config.CACHE else
+                      f"(no writable folder: {len(_config.UNCACHED)} kernels compiled in each "
+                      f"process; set NUMBA_CACHE_DIR)"),
         "fastmath": sorted(_config.FASTMATH),
     }
 

@@ -331,3 +331,84 @@ def test_every_kernel_name_carries_the_source_digest():
         pytest.skip("caching is off (FASTBP_CACHE=0): names are left alone")
     for d in _config.DISPATCHERS:
         assert d.py_func.__qualname__.endswith("__" + _config.SOURCE_DIGEST)
+
+
+# ---- where the compile cache goes ----------------------------------------------------------------
+
+_FORWARD_SCRIPT = """
+import warnings
+import numpy as np
+import fastbp
+X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+net = fastbp.MLP([3, 5, 2], seed=0)
+want = X
+for W, b in zip(net.weights, net.biases):
+    want = 1 / (1 + np.exp(-(want.astype(np.float64) @ W.T + b)))
+assert np.allclose(net.forward(X), want, rtol=1e-5, atol=1e-6)
+info = fastbp._info.config_dict()
+print("CACHE", info["cache"], len(fastbp._config.UNCACHED), len(fastbp._config.DISPATCHERS))
+print("DIR", info["cache_dir"])
+"""
+
+
+def _run_script(script, **env_changes):
+    env = dict(os.environ)
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_no_writable_cache_folder_warns_and_compiles_in_each_process(tmp_path):
+    """Numba refuses ``cache=True`` when neither the package folder nor its per-user folder is
+    writable (a read-only install with a read-only home); fastbp must still import and train,
+    without a cache, and say so once."""
+    refuse = textwrap.dedent("""
+        import tempfile
+        def refuse(*args, **kwargs):  # numba's writability probe, for every folder
+            raise PermissionError(30, "Read-only file system", kwargs.get("dir"))
+        tempfile.TemporaryFile = refuse
+    """)
+    res = _run_script(refuse + _FORWARD_SCRIPT, FASTBP_CACHE="1", NUMBA_CACHE_DIR=None,
+                      XDG_CACHE_HOME=str(tmp_path))
+    assert res.stderr.count("numba found no writable folder for its compile cache") == 1
+    assert "NUMBA_CACHE_DIR" in res.stderr
+    cache, uncached, total = res.stdout.split("CACHE ")[1].split()[:3]
+    assert cache == "False" and int(uncached) == int(total) > 0
+    assert "no writable folder" in res.stdout
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))  # (numba's probe makes folders)
+
+
+def test_cache_off_by_environment_writes_nothing(tmp_path):
+    res = _run_script(_FORWARD_SCRIPT, FASTBP_CACHE="0", NUMBA_CACHE_DIR=str(tmp_path / "c"))
+    assert "CACHE False 0" in res.stdout and "FASTBP_CACHE=0" in res.stdout
+    assert "writable folder" not in res.stderr
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
+
+
+def test_read_only_package_folder_caches_in_the_user_folder(tmp_path, monkeypatch):
+    """With the package folder read-only, numba's per-user cache folder takes fastbp's kernels
+    (fastbp relies on numba for this; checked here on fastbp's own functions)."""
+    import tempfile
+    from numba.core import caching
+
+    package = os.path.dirname(os.path.abspath(fastbp.__file__))
+    real = tempfile.TemporaryFile
+
+    def refuse_in_package(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(dir).startswith(package):
+            raise PermissionError(30, "Read-only file system", dir)
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(caching.tempfile, "TemporaryFile", refuse_in_package)
+    monkeypatch.setattr(numba.config, "CACHE_DIR", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for kernel in (fastbp.kernels.dense_forward, knet.train_epoch):
+        path = caching.FunctionCache(kernel.py_func).cache_path
+        assert path.startswith(str(tmp_path / "numba")), path
+        assert os.path.isdir(path)
