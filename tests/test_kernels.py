@@ -17,7 +17,7 @@ import pytest
 import naive
 from fastbp import _config
 from fastbp import kernels as K
-from fastbp.kernels.dense import deferred_sweep
+from fastbp.kernels.dense import bias_sums, deferred_sweep, forward_units, grad_block
 
 ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")
 ALL_ACTS = ELEMENTWISE + ("softmax",)
@@ -132,7 +132,7 @@ import numba
 @numba.njit
 def by_rows(out, X, W, b, rows):
     for t in range((W.shape[0] + 3) // 4):
-        forward_units(out, X, W, b, t, rows)
+        forward_units(out, X, W, b, t, rows, 0, rows.shape[0])
 
 rng = np.random.default_rng(3)
 worst = 0.0
@@ -178,16 +178,25 @@ for dtype in (np.float32, np.float64):
         for accumulate in (False, True):
             for kernel in (K.dense_grad, K.dense_grad_serial):
                 W = W0.copy() if accumulate else np.full_like(W0, np.nan)
-                kernel(W, b0.copy(), d, X[:B], scale, accumulate)
+                bias = b0.copy() if accumulate else np.full_like(b0, np.nan)
+                kernel(W, bias, d, X[:B], scale, accumulate)
                 outs.append((W, X[:B], accumulate))
+                # the bias step (simd.column_sums)
+                b_base = b0.astype(np.float64) if accumulate else 0.0
+                b_ref = b_base + float(scale) * d.astype(np.float64).sum(axis=0)
+                b_bound = 2 * (B + 2) * e * (0.37 * np.abs(d.astype(np.float64)).sum(axis=0)
+                                             + np.abs(b_base))
+                assert np.isfinite(bias).all(), ("bias", dtype, B, n_in, n_out)
+                worst = max(worst, float((np.abs(bias - b_ref) / b_bound).max()))
         # through row indices, and with the columns split at odd places: bitwise the same
         whole, split = W0.copy(), W0.copy()
-        grad_by_rows(whole, b0.copy(), d, X, scale, rows, 0, n_in)
+        bias_whole, bias = b0.copy(), b0.copy()
+        grad_by_rows(whole, bias_whole, d, X, scale, rows, 0, n_in)
         cuts = sorted({0, n_in, min(5, n_in), min(21, n_in), n_in // 2})
-        bias = b0.copy()
         for j0, j1 in zip(cuts[:-1], cuts[1:]):
             grad_by_rows(split, bias, d, X, scale, rows, j0, j1)
         assert np.array_equal(whole, split), ("split", dtype, B, n_in, n_out)
+        assert np.array_equal(bias_whole, bias), ("split bias", dtype, B, n_in, n_out)
         outs.append((whole, X[rows], True))
         for W, x, accumulate in outs:
             d64, x64 = d.astype(np.float64), x.astype(np.float64)
@@ -237,7 +246,7 @@ def test_vector_tiles_at_narrower_vector_widths(tmp_path, cpu, features, bits):
     """``simd.dot_tile``, ``grad_tile`` and ``delta_tile`` build their vectors at the width of the
     CPU numba compiles for (512 bits on this project's machines). A fresh process compiles for
     an older x86 CPU (numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``, no disk cache) and
-    checks the forward pass, the gradient and delta propagation against NumPy (whole tiles,
+    checks the forward pass, the gradient with its bias step and delta propagation against NumPy (whole tiles,
     columns past the last vector, fewer columns than one vector, rows read through indices,
     both dtypes), and that the gradient's and the deltas' columns come out bitwise the same
     however they are split."""
@@ -340,6 +349,93 @@ def test_dense_grad_accumulates(variant, dtype, rng):
                f"n_out={n_out}"
         assert_within(W, W0 + ref_W, tol_W, what + " W")
         assert_within(b, b0 + ref_b, tol_b, what + " b")
+
+
+@numba.njit
+def _bias_in_pieces(dbias, dout, scale, accumulate, cuts):
+    for c in range(cuts.shape[0] - 1):
+        bias_sums(dbias, dout, scale, accumulate, cuts[c], cuts[c + 1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_bias_sums_add_the_samples_in_order(dtype, rng):
+    """The gradient's bias step (``simd.column_sums`` for C-contiguous arrays, a loop per
+    element otherwise): with scale 1 it is the plain left-to-right sum of each column, bitwise;
+    split at any columns it gives the same bits; the loops (a column view) agree."""
+    for B, n in [(1, 1), (3, 5), (32, 128), (33, 17), (256, 130), (7, 1000)]:
+        dout = rng.normal(size=(B, n)).astype(dtype)
+        want = np.zeros(n, dtype)
+        for b in range(B):  # in order, rounding to dtype after every addition
+            want = (want + dout[b]).astype(dtype)
+        got = nan_filled(n, dtype)
+        _bias_in_pieces(got, dout, dtype(1.0), False, np.array([0, n], np.int64))
+        assert np.array_equal(got, want), (np.dtype(dtype).name, B, n)
+        cuts = np.array(sorted({0, n, min(3, n), min(19, n), n // 2}), np.int64)
+        b0 = rng.normal(size=n).astype(dtype)
+        whole, pieces = b0.copy(), b0.copy()
+        _bias_in_pieces(whole, dout, dtype(-0.3), True, np.array([0, n], np.int64))
+        _bias_in_pieces(pieces, dout, dtype(-0.3), True, cuts)
+        assert np.array_equal(whole, pieces), (np.dtype(dtype).name, B, n)
+        ref = b0.astype(np.float64) - 0.3 * dout.astype(np.float64).sum(axis=0)
+        tol = 2 * (B + 2) * eps(dtype) * (0.3 * np.abs(dout.astype(np.float64)).sum(axis=0)
+                                          + np.abs(b0))
+        assert_within(whole, ref, tol, f"bias {np.dtype(dtype).name} B={B} n={n}")
+        # the loops, through a non-contiguous view of the same numbers
+        wide = np.zeros((B, 2 * n), dtype)
+        wide[:, ::2] = dout
+        looped = b0.copy()
+        _bias_in_pieces(looped, wide[:, ::2], dtype(-0.3), True, cuts)
+        assert_within(looped, ref, tol, f"bias loops {np.dtype(dtype).name} B={B} n={n}")
+
+
+@numba.njit
+def _forward_by_blocks(out, X, W, b):
+    for t in range((W.shape[0] + 3) // 4):
+        forward_units(out, X, W, b, t, None, 0, X.shape[0])
+
+
+@numba.njit
+def _grad_by_blocks(W, b, d, X, scale):
+    for i0 in range(0, W.shape[0], 4):
+        grad_block(W, b, d, X, scale, True, i0, min(i0 + 4, W.shape[0]), 0, X.shape[1], None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_large_batches_split_by_samples_and_column_strips(dtype, rng):
+    """Past 512 kB of inputs, ``dense_forward`` gives its threads chunks of samples and
+    ``dense_grad`` strips of columns (each input read from memory once). Same numbers, bit for
+    bit, as blocks of units over the whole batch and 4-row blocks over all columns; threaded
+    and serial twins agree; and NumPy agrees within rounding."""
+    e = eps(dtype)
+    for B, n_in, n_out in [(300, 600, 13), (131, 1100, 6), (1030, 130, 9)]:
+        assert B * n_in * np.dtype(dtype).itemsize > 512 * 1024
+        X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        b0 = rng.uniform(-1, 1, n_out).astype(dtype)
+        d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
+        want = nan_filled((B, n_out), dtype)
+        _forward_by_blocks(want, X, W0, b0)
+        for kernel in (K.dense_forward, K.dense_forward_serial):
+            out = nan_filled((B, n_out), dtype)
+            kernel(out, X, W0, b0, K.IDENTITY)
+            assert np.array_equal(out, want), (np.dtype(dtype).name, B, n_in, n_out)
+        ref = X.astype(np.float64) @ W0.T.astype(np.float64) + b0
+        tol = 2 * (n_in + 2) * e * (np.abs(X.astype(np.float64)) @ np.abs(W0.T.astype(np.float64))
+                                    + np.abs(b0))
+        assert_within(want, ref, tol, f"forward {np.dtype(dtype).name} B={B}")
+        scale = dtype(-0.3 / B)
+        W_want, b_want = W0.copy(), b0.copy()
+        _grad_by_blocks(W_want, b_want, d, X, scale)
+        for kernel in (K.dense_grad, K.dense_grad_serial):
+            W, b = W0.copy(), b0.copy()
+            kernel(W, b, d, X, scale, True)
+            assert np.array_equal(W, W_want) and np.array_equal(b, b_want), (
+                np.dtype(dtype).name, B, n_in, n_out)
+        d64 = d.astype(np.float64)
+        ref_W = W0 + float(scale) * (d64.T @ X.astype(np.float64))
+        tol_W = 2 * (B + 2) * e * (abs(float(scale)) * (np.abs(d64).T @ np.abs(X.astype(np.float64)))
+                                   + np.abs(W0.astype(np.float64)))
+        assert_within(W_want, ref_W, tol_W, f"grad {np.dtype(dtype).name} B={B}")
 
 
 # ---- deferred_sweep: the previous batch's steps on two layers, then the forward pass ---------

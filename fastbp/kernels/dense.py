@@ -20,14 +20,30 @@ from numba.extending import intrinsic, overload
 from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
                           activation_parts)
-from .simd import delta_tile, dot_tile, grad_tile
+from .simd import column_sums, delta_tile, dot_tile, grad_tile
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
 CHUNK = 256
-# The gradient's column chunk (at most this wide, equal chunks): ``dense_grad`` hands its
-# threads (4-row, chunk) tiles. (Results do not depend on the chunks.)
+# ``dense_grad``'s split. With a batch of inputs up to ``GRAD_COLUMNS_BYTES``, the threads
+# share (4-row, column-chunk) tiles, chunks at most ``GRAD_CHUNK`` wide (equal chunks). With a
+# larger one, they share strips of columns (``grad_strips``), every row of ``dW`` for one strip
+# before the next, so that the strip of the input (batch x strip) is read from memory once and
+# then from the cache; a tile would read its chunk of the whole batch again for every 4 rows.
+# 784-128, float32, 2 threads, a new batch from memory each call (10th percentiles, this tree
+# against the tiles alone, two alternated processes each): batch 256 278 and 322 against 355
+# and 357 us, batch 512 537 and 560 against 649 and 793. With 2 threads and 4-row blocks over
+# all columns (no chunks) against the strips given to threads whole: equal at batch 128, and
+# faster at 64 and 32 (66 against 77 and 36 against 45 us, inputs in cache), hence the bound.
 GRAD_CHUNK = 512
+GRAD_COLUMNS_BYTES = 512 * 1024
+# ``dense_forward``: with a batch of inputs larger than ``FORWARD_SAMPLES_BYTES``, threads own
+# chunks of ``FORWARD_CHUNK`` samples (a multiple of 4) over every unit, not blocks of units
+# over the whole batch (which read the whole batch again for every block). 784-128, float32,
+# 2 threads, batch 256 from memory: 283 and 293 against 309 and 312 us (chunks of 16: 264
+# and 298 against 299 and 302).
+FORWARD_SAMPLES_BYTES = 512 * 1024
+FORWARD_CHUNK = 32
 # ``deferred_sweep``: while a task applies the step to its first this many 4-row blocks, it
 # prefetches the new batch into L2, and it takes their sums after. On 784-128-10, batch 32,
 # float32, 2 threads, in-order data, epoch time over the one-layer sweep that came before
@@ -160,15 +176,15 @@ def tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
 
 
 @jit(noalias=True)
-def forward_rows4(out, inp, weight, bias, i0, rows):
+def forward_rows4(out, inp, weight, bias, i0, rows, b0, b1):
     """Units ``i0 .. i0 + 3`` of ``dense_forward``'s sums (no activation): ``out[b, i] =
-    sum_j W_ij inp_bj + b_i`` for every sample (sample ``b`` is the row ``row_of(rows, b)`` of
-    ``inp``). 4 (units) x 4 (samples) register tiles (``tile_sums``); a last 1 to 3 samples
-    take 4 units x 1 sample."""
-    B = n_rows(inp, rows)
+    sum_j W_ij inp_bj + b_i`` for the samples ``b0 <= b < b1`` (sample ``b`` is the row
+    ``row_of(rows, b)`` of ``inp``). 4 (units) x 4 (samples) register tiles (``tile_sums``); a
+    last 1 to 3 samples take 4 units x 1 sample. A sample's sums do not depend on the range it
+    is in (``b0`` a multiple of 4: the same samples take the tiles)."""
     n_in = inp.shape[1]
-    b = 0
-    while b + 4 <= B:
+    b = b0
+    while b + 4 <= b1:
         tile_sums(out, b, weight, i0, inp, row_of(rows, b), row_of(rows, b + 1),
                   row_of(rows, b + 2), row_of(rows, b + 3), bias)
         b += 4
@@ -176,7 +192,7 @@ def forward_rows4(out, inp, weight, bias, i0, rows):
     w1 = weight[i0 + 1]
     w2 = weight[i0 + 2]
     w3 = weight[i0 + 3]
-    while b < B:
+    while b < b1:
         x0 = inp[row_of(rows, b)]
         s0 = type(bias[i0])(0.0)
         s1 = s0
@@ -196,15 +212,14 @@ def forward_rows4(out, inp, weight, bias, i0, rows):
 
 
 @jit(noalias=True)
-def forward_row(out, inp, weight, bias, i, rows):
+def forward_row(out, inp, weight, bias, i, rows, b0, b1):
     """Unit ``i`` of ``dense_forward``'s sums, for the last 1 to 3 units: 1 unit x 4 samples at
     a time, 4 independent sums (samples as in ``forward_rows4``)."""
-    B = n_rows(inp, rows)
     n_in = inp.shape[1]
     w = weight[i]
     c = bias[i]
-    b = 0
-    while b + 4 <= B:
+    b = b0
+    while b + 4 <= b1:
         x0 = inp[row_of(rows, b)]
         x1 = inp[row_of(rows, b + 1)]
         x2 = inp[row_of(rows, b + 2)]
@@ -224,7 +239,7 @@ def forward_row(out, inp, weight, bias, i, rows):
         out[b + 2, i] = s2 + c
         out[b + 3, i] = s3 + c
         b += 4
-    while b < B:
+    while b < b1:
         x0 = inp[row_of(rows, b)]
         s0 = type(c)(0.0)
         for j in range(n_in):
@@ -234,16 +249,16 @@ def forward_row(out, inp, weight, bias, i, rows):
 
 
 @jit(noalias=True)
-def forward_units(out, inp, weight, bias, t, rows):
-    """Block ``t`` of ``dense_forward``'s sums: units ``4 t .. 4 t + 3`` (fewer at the end);
-    samples as in ``forward_rows4``."""
+def forward_units(out, inp, weight, bias, t, rows, b0, b1):
+    """Block ``t`` of ``dense_forward``'s sums: units ``4 t .. 4 t + 3`` (fewer at the end),
+    samples ``b0 .. b1 - 1`` as in ``forward_rows4``."""
     n_out = weight.shape[0]
     i0 = 4 * t
     if i0 + 4 <= n_out:
-        forward_rows4(out, inp, weight, bias, i0, rows)
+        forward_rows4(out, inp, weight, bias, i0, rows, b0, b1)
     else:
         for i in range(i0, n_out):
-            forward_row(out, inp, weight, bias, i, rows)
+            forward_row(out, inp, weight, bias, i, rows, b0, b1)
 
 
 def dense_forward(out, inp, weight, bias, act):
@@ -252,12 +267,24 @@ def dense_forward(out, inp, weight, bias, act):
     out (B, n_out), inp (B, n_in), weight (n_out, n_in), bias (n_out,), act: activation code
     (applied once all sums are done, in loops the compiler vectorizes: softmax row by row, the
     element-wise ones over the whole output in ``ACT_CHUNK`` pieces: ``activate_part``).
-    A thread owns whole 4-unit blocks (``forward_rows4``; the last 1 to 3 units ``forward_row``).
+    A thread owns whole 4-unit blocks (``forward_rows4``; the last 1 to 3 units
+    ``forward_row``) over the whole batch; when the batch of inputs is larger than
+    ``FORWARD_SAMPLES_BYTES``, whole chunks of ``FORWARD_CHUNK`` samples over every unit
+    instead, so that each input row is read from memory once (a block would read the whole
+    batch again). A sample's sums do not depend on the split or on the thread count.
     """
     B = inp.shape[0]
     n_out = weight.shape[0]
-    for t in prange((n_out + 3) // 4):
-        forward_units(out, inp, weight, bias, t, None)
+    n_blk = (n_out + 3) // 4
+    if B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES:
+        for c in prange((B + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
+            c0 = c * FORWARD_CHUNK
+            c1 = min(c0 + FORWARD_CHUNK, B)
+            for t in range(n_blk):
+                forward_units(out, inp, weight, bias, t, None, c0, c1)
+    else:
+        for t in prange(n_blk):
+            forward_units(out, inp, weight, bias, t, None, 0, B)
     if act != IDENTITY:
         n_parts = activation_parts(B, n_out, act)
         for t in prange(n_parts):
@@ -441,6 +468,16 @@ def grad_chunks(n_in):
     return n_chunks, ((n_in + n_chunks - 1) // n_chunks + 15) // 16 * 16
 
 
+@jit()
+def grad_strips(n_vec):
+    """How many strips ``dense_grad`` cuts ``n_vec`` 16-element column pieces into for a large
+    batch: about 4 pieces (64 float32 columns, a full register tile) each, in a multiple of 12
+    when there are 48 pieces or more (so that 2, 3, 4 or 6 threads get equal shares)."""
+    if n_vec >= 48:
+        return n_vec // 48 * 12
+    return n_vec // 4
+
+
 def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     """Batch-summed outer products: ``dW (+)= scale * dout^T inp``, ``db (+)= scale * sum_b dout``.
 
@@ -451,21 +488,36 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     dweight (n_out, n_in), dbias (n_out,), dout (B, n_out) = delta_l, inp (B, n_in) = a_{l-1},
     scale: a scalar of the arrays' dtype. ``dweight`` and ``dbias`` must not overlap the inputs.
 
-    A thread owns (4-row, column-chunk) tiles of ``dW`` (``grad_block``): 4 rows of sums held
-    in registers over the whole batch (``simd.grad_tile``), a sample costing 4 loads of ``inp``
-    and 4 broadcast coefficients for 16 vector multiply-adds; the last 1 to 3 rows take rank-4
-    updates by rows. An element's result does not depend on the chunks (``grad_tile``).
+    Tiles of ``dW`` (``grad_block``): 4 rows of sums held in registers over the whole batch
+    (``simd.grad_tile``), a sample costing 4 loads of ``inp`` and 4 broadcast coefficients for
+    16 vector multiply-adds; the last 1 to 3 rows take rank-4 updates by rows. The threads
+    share (4-row, column-chunk) tiles; when the batch of inputs is larger than
+    ``GRAD_COLUMNS_BYTES``, they share strips of columns (whole 16-element pieces,
+    ``grad_strips``) instead, every row of a strip before the next. An element's result does
+    not depend on how the columns are split (``grad_tile``), so neither on the split nor on
+    the thread count.
     """
+    B = dout.shape[0]
     n_in = inp.shape[1]
     n_out = dweight.shape[0]
-    n_blk = (n_out + 3) // 4
-    n_chunks, width = grad_chunks(n_in)
-    for t in prange(n_blk * n_chunks):
-        # this thread owns rows i0..i1-1, columns j0..j1-1 of dW
-        i0 = 4 * (t // n_chunks)
-        j0 = min((t % n_chunks) * width, n_in)
-        grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out), j0,
-                   min(j0 + width, n_in), None)
+    n_vec = (n_in + 15) // 16
+    n_strips = grad_strips(n_vec)
+    if B * n_in * inp.itemsize > GRAD_COLUMNS_BYTES and n_strips > 1:
+        for k in prange(n_strips):
+            s0 = min(16 * (n_vec * k // n_strips), n_in)
+            s1 = min(16 * (n_vec * (k + 1) // n_strips), n_in)
+            for i0 in range(0, n_out, 4):
+                grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out),
+                           s0, s1, None)
+    else:
+        n_blk = (n_out + 3) // 4
+        n_chunks, width = grad_chunks(n_in)
+        for t in prange(n_blk * n_chunks):
+            # this thread owns rows i0..i1-1, columns j0..j1-1 of dW
+            i0 = 4 * (t // n_chunks)
+            j0 = min((t % n_chunks) * width, n_in)
+            grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out), j0,
+                       min(j0 + width, n_in), None)
 
 
 @jit(noalias=True)
@@ -496,14 +548,40 @@ def grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, i1, j0, j1, row
                 row_rank1(dweight, i, inp, b, u0, u1, scale * dout[b, i], rows)
                 b += 1
     if j0 == 0:
-        for i in range(i0, i1):
-            s = dbias.dtype.type(0.0)
-            for b in range(B):
-                s += dout[b, i]
-            if accumulate:
-                dbias[i] += scale * s
-            else:
-                dbias[i] = scale * s
+        bias_sums(dbias, dout, scale, accumulate, i0, i1)
+
+
+def bias_sums(dbias, dout, scale, accumulate, i0, i1):
+    """``dbias[i] (+)= scale * sum_b dout[b, i]`` for ``i0 <= i < i1``, the samples added in
+    order. C-contiguous arrays take ``simd.column_sums`` (the rows' sums side by side in
+    vectors); others ``bias_sums_loops``. Chosen when compiling."""
+    bias_sums_loops(dbias, dout, scale, accumulate, i0, i1)
+
+
+@overload(bias_sums)
+def _bias_sums(dbias, dout, scale, accumulate, i0, i1):
+    if dbias.layout == "C" and dout.layout == "C":
+        def vectors(dbias, dout, scale, accumulate, i0, i1):
+            column_sums(dbias, i0, i1, dout, scale, accumulate)
+        return vectors
+
+    def loops(dbias, dout, scale, accumulate, i0, i1):
+        bias_sums_loops(dbias, dout, scale, accumulate, i0, i1)
+    return loops
+
+
+@jit()
+def bias_sums_loops(dbias, dout, scale, accumulate, i0, i1):
+    """``bias_sums`` as a loop per element, for any layout."""
+    B = dout.shape[0]
+    for i in range(i0, i1):
+        s = dbias.dtype.type(0.0)
+        for b in range(B):
+            s += dout[b, i]
+        if accumulate:
+            dbias[i] += scale * s
+        else:
+            dbias[i] = scale * s
 
 
 def grad_rows4(dweight, dout, inp, scale, accumulate, i0, j0, j1, rows):
@@ -650,9 +728,9 @@ def deferred_sweep(out, dprev, inp, rows, inp_prev, rows_prev, a_prev, d_next, w
                     prefetch_row(inp, row_of(rows, r))
                 if k == k_first - 1:
                     for t_ in range(t0, t + 1):
-                        forward_units(out, inp, weight, bias, t_, rows)
+                        forward_units(out, inp, weight, bias, t_, rows, 0, B)
             else:
-                forward_units(out, inp, weight, bias, t, rows)
+                forward_units(out, inp, weight, bias, t, rows, 0, B)
         if act != IDENTITY and act != SOFTMAX:
             for b in range(B):
                 activate_row(out[b, j0:j1], act)
