@@ -145,6 +145,34 @@ def _c_float_arrays(*arrays):
     return dtype
 
 
+def _integers(*values):
+    """Whether every one of ``values`` is typed as an integer (the tiles' row and column
+    arguments)."""
+    return all(isinstance(v, types.Integer) for v in values)
+
+
+def _step_arguments(scale, accumulate):
+    """Whether ``scale`` is a number and ``accumulate`` a boolean (the step tiles' arguments)."""
+    return isinstance(accumulate, types.Boolean) and isinstance(scale, (types.Float,
+                                                                        types.Integer))
+
+
+class _Codegen:
+    """What every tile's code generation starts from: the argument ``k`` as an intp
+    (``index(k)``), the intp and float LLVM types, the lanes and widest tile for the dtype, and
+    the element alignment."""
+
+    def __init__(self, context, builder, signature, args, dtype):
+        self.context, self.builder, self.signature, self.args = context, builder, signature, args
+        self.intp = context.get_value_type(types.intp)
+        self.fty = context.get_value_type(dtype)
+        self.lanes, self.nv_max = _lanes_and_tile(dtype)
+        self.align = dtype.bitwidth // 8
+
+    def index(self, k):
+        return self.context.cast(self.builder, self.args[k], self.signature.args[k], types.intp)
+
+
 @intrinsic
 def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     """``out[b + k, i0 + u] = bias[i0 + u] + sum_j weight[i0 + u, j] inp[q_k, j]`` for k, u < 4:
@@ -155,7 +183,7 @@ def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     if dtype is None or not (isinstance(bias, types.Array) and bias.ndim == 1
                              and bias.layout == "C" and bias.dtype == dtype):
         return None
-    if not all(isinstance(i, types.Integer) for i in (b, i0, q0, q1, q2, q3)):
+    if not _integers(b, i0, q0, q1, q2, q3):
         return None
 
     def codegen(context, builder, signature, args):
@@ -308,21 +336,13 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
             isinstance(rows, types.Array) and rows.ndim == 1 and isinstance(
                 rows.dtype, types.Integer))):
         return None
-    if not all(isinstance(i, types.Integer) for i in (i0, j0, j1)):
-        return None
-    if not isinstance(accumulate, types.Boolean) or not isinstance(scale, (types.Float,
-                                                                          types.Integer)):
+    if not (_integers(i0, j0, j1) and _step_arguments(scale, accumulate)):
         return None
 
     def codegen(context, builder, signature, args):
-        intp_t = context.get_value_type(types.intp)
-
-        def index(k):
-            return context.cast(builder, args[k], signature.args[k], types.intp)
-
-        fty = context.get_value_type(dtype)
-        lanes, nv_max = _lanes_and_tile(dtype)
-        align = dtype.bitwidth // 8
+        g = _Codegen(context, builder, signature, args, dtype)
+        intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
+                                                    g.align)
         i0 = index(1)
         n_samples = cgutils.unpack_tuple(builder, context.make_array(dout)(
             context, builder, args[4]).shape, 2)[0]
@@ -380,18 +400,13 @@ def delta_tile(typingctx, dinp, b0, j0, j1, dout, weight):
     dtype = _c_float_arrays(dinp, dout, weight)
     if dtype is None:
         return None
-    if not all(isinstance(i, types.Integer) for i in (b0, j0, j1)):
+    if not _integers(b0, j0, j1):
         return None
 
     def codegen(context, builder, signature, args):
-        intp_t = context.get_value_type(types.intp)
-
-        def index(k):
-            return context.cast(builder, args[k], signature.args[k], types.intp)
-
-        fty = context.get_value_type(dtype)
-        lanes, nv_max = _lanes_and_tile(dtype)
-        align = dtype.bitwidth // 8
+        g = _Codegen(context, builder, signature, args, dtype)
+        intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
+                                                    g.align)
         b0 = index(1)
         n_terms = cgutils.unpack_tuple(builder, context.make_array(weight)(
             context, builder, args[5]).shape, 2)[0]
@@ -434,21 +449,13 @@ def column_sums(typingctx, dbias, i0, i1, dout, scale, accumulate):
     if dtype is None or not (isinstance(dbias, types.Array) and dbias.ndim == 1
                              and dbias.layout == "C" and dbias.dtype == dtype):
         return None
-    if not all(isinstance(i, types.Integer) for i in (i0, i1)):
-        return None
-    if not isinstance(accumulate, types.Boolean) or not isinstance(scale, (types.Float,
-                                                                          types.Integer)):
+    if not (_integers(i0, i1) and _step_arguments(scale, accumulate)):
         return None
 
     def codegen(context, builder, signature, args):
-        intp_t = context.get_value_type(types.intp)
-
-        def index(k):
-            return context.cast(builder, args[k], signature.args[k], types.intp)
-
-        fty = context.get_value_type(dtype)
-        lanes, nv_max = _lanes_and_tile(dtype)
-        align = dtype.bitwidth // 8
+        g = _Codegen(context, builder, signature, args, dtype)
+        intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
+                                                    g.align)
         n_samples = cgutils.unpack_tuple(builder, context.make_array(dout)(
             context, builder, args[3]).shape, 2)[0]
         scale = context.cast(builder, args[4], signature.args[4], dtype)
