@@ -172,6 +172,11 @@ class _Codegen:
     def index(self, k):
         return self.context.cast(self.builder, self.args[k], self.signature.args[k], types.intp)
 
+    def rows(self, k, arr_type):
+        """The number of rows of the 2-D array argument ``k`` (of type ``arr_type``)."""
+        ary = self.context.make_array(arr_type)(self.context, self.builder, self.args[k])
+        return cgutils.unpack_tuple(self.builder, ary.shape, 2)[0]
+
 
 @intrinsic
 def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
@@ -309,6 +314,16 @@ class _Accumulators:
         return self.slots[key]
 
 
+def _apply_step(builder, ptr, sums, step, keep, align, mask):
+    """The step of the gradient tiles: ``*ptr = step * sums + (*ptr if keep else 0)``, one
+    fused multiply-add (``step``: the scale in every lane; masked lanes untouched)."""
+    vty = sums.type
+    zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * vty.count)
+    old = builder.select(keep, _vector_load(builder, ptr, vty, align, mask), zero)
+    _vector_store(builder, builder.call(_multiply_add(builder, vty), [step, sums, old]), ptr,
+                  align, mask)
+
+
 def _lanes_and_tile(dtype):
     """Vector lanes for ``dtype`` and the widest tile (in vectors) that fits the registers:
     4 with AVX-512's 32, 2 with 16."""
@@ -344,8 +359,7 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
         intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
                                                     g.align)
         i0 = index(1)
-        n_samples = cgutils.unpack_tuple(builder, context.make_array(dout)(
-            context, builder, args[4]).shape, 2)[0]
+        n_samples = g.rows(4, dout)
         scale = context.cast(builder, args[7], signature.args[7], dtype)
         keep = args[8]
         accumulators = _Accumulators(builder)
@@ -369,17 +383,14 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
             acc = accumulators(nv, vty)
             _rank_tile(builder, vty, align, acc, nv, n_samples, coefficients, source_row, j,
                        mask)
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * lanes)
-            fma = _multiply_add(builder, vty)
             step = _splat(builder, scale, vty)
             for u in range(4):
                 w_row = _row_pointer(context, builder, dweight, args[0],
                                      builder.add(i0, intp_t(u)))
                 for v in range(nv):
                     p = builder.gep(w_row, [builder.add(j, intp_t(v * lanes))])
-                    w = builder.select(keep, _vector_load(builder, p, vty, align, mask), zero)
-                    _vector_store(builder, builder.call(fma, [step, builder.load(acc[u * nv + v]),
-                                                              w]), p, align, mask)
+                    _apply_step(builder, p, builder.load(acc[u * nv + v]), step, keep, align,
+                                mask)
 
         _column_pieces(builder, index(2), index(3), lanes, nv_max, emit)
         return context.get_dummy_value()
@@ -408,8 +419,7 @@ def delta_tile(typingctx, dinp, b0, j0, j1, dout, weight):
         intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
                                                     g.align)
         b0 = index(1)
-        n_terms = cgutils.unpack_tuple(builder, context.make_array(weight)(
-            context, builder, args[5]).shape, 2)[0]
+        n_terms = g.rows(5, weight)
         d_rows = [_row_pointer(context, builder, dout, args[4], builder.add(b0, intp_t(u)))
                   for u in range(4)]
         out_rows = [_row_pointer(context, builder, dinp, args[0], builder.add(b0, intp_t(u)))
@@ -456,8 +466,7 @@ def column_sums(typingctx, dbias, i0, i1, dout, scale, accumulate):
         g = _Codegen(context, builder, signature, args, dtype)
         intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
                                                     g.align)
-        n_samples = cgutils.unpack_tuple(builder, context.make_array(dout)(
-            context, builder, args[3]).shape, 2)[0]
+        n_samples = g.rows(3, dout)
         scale = context.cast(builder, args[4], signature.args[4], dtype)
         keep = args[5]
         out = context.make_array(dbias)(context, builder, args[0]).data
@@ -475,13 +484,10 @@ def column_sums(typingctx, dbias, i0, i1, dout, scale, accumulate):
                     x = _vector_load(builder, builder.gep(row, [builder.add(j, intp_t(v * lanes))]),
                                      vty, align, mask)
                     builder.store(builder.fadd(builder.load(acc[v]), x), acc[v])
-            fma = _multiply_add(builder, vty)
             step = _splat(builder, scale, vty)
             for v in range(nv):
                 p = builder.gep(out, [builder.add(j, intp_t(v * lanes))])
-                old = builder.select(keep, _vector_load(builder, p, vty, align, mask), zero)
-                _vector_store(builder, builder.call(fma, [step, builder.load(acc[v]), old]), p,
-                              align, mask)
+                _apply_step(builder, p, builder.load(acc[v]), step, keep, align, mask)
 
         _column_pieces(builder, index(1), index(2), lanes, nv_max, emit)
         return context.get_dummy_value()
