@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 from . import _cache  # noqa: E402  (after every kernel module is imported)
 
-_cache.ensure()
+_cache.install()  # compiles nothing: each kernel set is compiled on first use (fastbp._cache)
 
 __all__ = ["MLP", "load", "callbacks", "datasets", "kernels", "optim", "warmup", "show_config",
            "set_num_threads", "get_num_threads", "threads", "__version__"]

@@ -10,11 +10,20 @@
   is writable (a read-only install with a read-only home), numba refuses ``cache=True``
   outright; fastbp then compiles those kernels without a cache (each process compiles what it
   uses), warns once, and lists them in ``UNCACHED``.
-* ``SOURCE_DIGEST``: numba checks a cached function against its own source file only, but a
+* Source digests: numba checks a cached function against its own source file only, but a
   fastbp kernel inlines the kernels it calls from other files, so an edited (or upgraded)
-  ``fused.py`` would leave ``network.py``'s cached driver running the old code. Every cached
-  kernel's name therefore carries a digest of all of fastbp's sources: any change compiles
-  everything afresh.
+  ``dense.py`` would leave ``network.py``'s cached driver running the old code. Every cached
+  kernel's name therefore carries a digest of its own module and of every fastbp module that
+  module imports, directly or not (``module_digest``): an edit recompiles the kernels that can
+  see it and no others (an edit to ``kernels/optim.py`` leaves the dense kernels cached).
+* Own copies of callees: numba links a copy of every kernel a kernel calls into its module, as
+  ``linkonce_odr`` (ELF weak) functions. A weak call binds, at load time, to whichever copy of
+  that callee the process loaded first: in the process that compiled the caller, the callee's
+  standalone build; in a process that loads the caller from the cache, the caller's own copy.
+  With ``reassoc`` the two builds can round differently, so results depended on what was
+  compiled where, and in which order (issue 17). ``_own_copies`` makes the linked callees of a
+  fastbp kernel ``internal`` once its module is optimized: each kernel runs exactly the code of
+  its own build, fresh or cached. It touches only the libraries of fastbp's kernels.
 * ``jit(noalias=True)``: the layer kernels are compiled with numba's ``noalias`` flag, which marks
   every array argument's data as not overlapping any other argument's *written* data (C's
   ``restrict``). The compiler can then vectorize loops that store to several rows of one array
@@ -22,32 +31,81 @@
   wrappers (:mod:`fastbp.kernels.checked`) enforce: an output never shares memory with another
   argument. Numba gives its ``prange`` bodies the same flag by itself when they make no views.
 """
+import ast
 import hashlib
 import os
 import types
 import warnings
 
+import llvmlite.binding as ll
 from numba import njit
-from numba.core import compiler
+from numba.core import codegen, compiler
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 CACHE = os.environ.get("FASTBP_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _sources_digest():
-    root = os.path.dirname(os.path.abspath(__file__))
-    digest = hashlib.sha256()
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), "rb") as fh:
-                    digest.update(name.encode() + b"\0" + fh.read())
-    return digest.hexdigest()[:12]
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+_digests = {}
 
 
-SOURCE_DIGEST = _sources_digest() if CACHE else ""
+def _module_file(name):
+    """The source file of the fastbp module ``name`` (``fastbp.kernels.dense``), or None."""
+    parts = name.split(".")[1:]
+    for path in (os.path.join(_ROOT, *parts) + ".py", os.path.join(_ROOT, *parts, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _top_level(body):
+    """The statements of a module body, with those inside top-level ``if``/``try`` blocks (not
+    those of functions: an import inside a Python function binds no global a kernel can see)."""
+    for node in body:
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            if isinstance(node, (ast.If, ast.Try, ast.ExceptHandler)):
+                yield from _top_level(getattr(node, block, []))
+
+
+def _fastbp_imports(name):
+    """The fastbp modules that the fastbp module ``name`` imports by relative name, at its top
+    level."""
+    path = _module_file(name)
+    package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+    with open(path, "rb") as fh:
+        tree = ast.parse(fh.read())
+    found = []
+    for node in _top_level(tree.body):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = package.split(".")[:len(package.split(".")) - node.level + 1]
+            base += node.module.split(".") if node.module else []
+            # ``from . import dense`` names modules; ``from .dense import jit`` names a module's
+            # contents (a package's ``__init__`` only where no name is a submodule)
+            subs = [".".join(base + [a.name]) for a in node.names
+                    if _module_file(".".join(base + [a.name])) is not None]
+            found.extend(subs or ([".".join(base)] if node.module else []))
+    return found
+
+
+def module_digest(name):
+    """A digest (12 hex digits) of the fastbp module ``name`` and of every fastbp module it
+    imports, directly or not: the code that a kernel defined there can inline."""
+    if name not in _digests:
+        seen, todo = set(), [name]
+        while todo:
+            mod = todo.pop()
+            if mod not in seen:
+                seen.add(mod)
+                todo.extend(_fastbp_imports(mod))
+        digest = hashlib.sha256()
+        for mod in sorted(seen):
+            with open(_module_file(mod), "rb") as fh:
+                digest.update(mod.encode() + b"\0" + fh.read())
+        _digests[name] = digest.hexdigest()[:12]
+    return _digests[name]
+
 
 DISPATCHERS = []  # every fastbp kernel, for fastbp._cache
 UNCACHED = []     # kernels numba found no writable cache folder for (compiled in each process)
@@ -57,6 +115,37 @@ NO_CACHE_FOLDER = (
     "modules nor numba's per-user cache folder), so fastbp's kernels are compiled in every "
     "process that uses them. Set NUMBA_CACHE_DIR to a writable folder to cache them, or "
     "FASTBP_CACHE=0 to turn caching off without this warning.")
+
+
+# the ``__qualname__`` of every fastbp kernel: numba names a function's code library by it
+_KERNEL_NAMES = set()
+
+
+def _own_copies(finalize_final_module):
+    """Wrap ``CPUCodeLibrary._finalize_final_module`` (called once the module is optimized, just
+    before machine code is emitted): in a fastbp kernel's library, the linked copies of its
+    callees become ``internal`` (see the module notes). The module that other kernels link
+    (``_shared_module``) is taken first, as numba would: there the copies stay ``linkonce_odr``,
+    so that a caller keeps one copy of each callee."""
+    def wrapper(library):
+        module = library._final_module
+        if library.name in _KERNEL_NAMES and library._shared_module is None:
+            shared = module.clone()
+            for fn in shared.functions:
+                if not fn.is_declaration and fn.linkage == ll.Linkage.external:
+                    fn.linkage = "linkonce_odr"
+            library._shared_module = shared
+            for fn in module.functions:
+                if not fn.is_declaration and fn.linkage == ll.Linkage.linkonce_odr:
+                    fn.linkage = "internal"
+        return finalize_final_module(library)
+    wrapper.fastbp_own_copies = True
+    return wrapper
+
+
+if not getattr(codegen.CPUCodeLibrary._finalize_final_module, "fastbp_own_copies", False):
+    codegen.CPUCodeLibrary._finalize_final_module = _own_copies(
+        codegen.CPUCodeLibrary._finalize_final_module)
 
 
 class _NoAliasCompiler(compiler.CompilerBase):
@@ -73,11 +162,12 @@ def jit(parallel=False, noalias=False):
 
     ``nogil=True`` so that kernels release the GIL and models can train in several Python threads.
     With caching on, the function's ``__qualname__`` (which names its cache files) gets the
-    suffix ``__<SOURCE_DIGEST>``.
+    suffix ``__<module_digest>``.
     """
     def decorate(pyfunc):
         if CACHE:
-            pyfunc.__qualname__ = f"{pyfunc.__qualname__}__{SOURCE_DIGEST}"
+            pyfunc.__qualname__ = f"{pyfunc.__qualname__}__{module_digest(pyfunc.__module__)}"
+        _KERNEL_NAMES.add(pyfunc.__qualname__)
         options = {"pipeline_class": _NoAliasCompiler} if noalias else {}
 
         def compile_with(cache):

@@ -6,7 +6,7 @@ import sys
 import numba
 import numpy as np
 
-from . import _config, _threads
+from . import _cache, _config, _threads
 
 
 def config_dict():
@@ -37,6 +37,8 @@ def config_dict():
                       "(caching off: FASTBP_CACHE=0)" if not _config.CACHE else
                       f"(no writable folder: {len(_config.UNCACHED)} kernels compiled in each "
                       f"process; set NUMBA_CACHE_DIR)"),
+        "compiled_sets": _cache.compiled_sets() if _config.CACHE and not _config.UNCACHED
+        else [],
         "fastmath": sorted(_config.FASTMATH),
     }
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from . import _cache
 from . import _validation as V
 from . import optim as _optim
 from ._threads import get_num_threads, kernel_scope
@@ -284,6 +285,7 @@ class MLP:
                        f"{self.layer_sizes[-1]:,} outputs, {chunk:,} x {S:,} activations)")
         acts = np.empty(chunk * S, dtype=self.dtype)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+        _cache.require("predict", self.dtype)
         with kernel_scope() as min_par:
             knet.predict_into(out, X, self._params, self._layout, acts, chunk, min_par)
         return out
@@ -323,6 +325,7 @@ class MLP:
         acts = np.empty(B * S, dtype=self.dtype)
         deltas = np.empty(B * S, dtype=self.dtype)
         grads = np.empty_like(self._params)
+        _cache.require("gradients", self.dtype)
         with kernel_scope() as min_par:
             knet.forward_batch(acts, X, self._params, self._layout, min_par)
             knet.backward_batch(grads, deltas, acts, X, Y, self._params, self._layout,
@@ -692,26 +695,26 @@ class MLP:
                     if fast:
                         lr_t = dtype.type(lr)
                         if hogwild and min_par != knet.SERIAL_ONLY:
+                            _cache.require("sgd-hogwild", dtype)
                             loss = float(sgd_hogwild(params, X, Y, order, lr_t, layout, code,
                                                      acts_h, deltas_h)) / N
-                        elif not progress:
-                            loss = float(knet.train_epoch(params, grads, X, Y, order, B, lr_t,
-                                                          layout, code, xbuf, ybuf, acts, deltas,
-                                                          min_par, n_tasks))
                         else:
+                            path = knet.sgd_epoch_path(B, params, layout, acts, min_par)
                             total = 0.0
                             for start in range(0, N, seg):
                                 stop = min(start + seg, N)
-                                part = knet.train_epoch(params, grads, X, Y, order[start:stop],
-                                                        B, lr_t, layout, code, xbuf, ybuf, acts,
-                                                        deltas, min_par, n_tasks)
+                                part = knet.sgd_epoch(path, params, X, Y, order[start:stop], B,
+                                                      lr_t, layout, code, xbuf, ybuf, acts,
+                                                      deltas, min_par, n_tasks)
                                 total += float(part) * (stop - start)
-                                show.advance(stop - start, total / stop)
+                                if progress:
+                                    show.advance(stop - start, total / stop)
                             loss = total / N
                         steps = n_batches
                         opt.step_count += steps
                     else:
                         hp[kopt.HP_LR] = lr
+                        _cache.require("train-segment", dtype)
                         total, step = 0.0, opt.step_count
                         for start in range(0, N, seg):
                             stop = min(start + seg, N)
@@ -748,6 +751,7 @@ class MLP:
                     self.loss_curve_.append(loss)
                     val_loss = val_metric = math.nan
                     if val is not None:
+                        _cache.require("predict", dtype)
                         knet.predict_into(out_v, Xv, params, layout, acts_v, chunk_v, min_par)
                         val_loss = float(ktrain.evaluate_loss(out_v, Yv, swv_arr, code)) / wv_total
                         val_metric = self._metric(out_v, Yv, swv)

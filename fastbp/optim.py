@@ -31,6 +31,7 @@ import numbers
 
 import numpy as np
 
+from . import _cache
 from . import _validation as V
 from .kernels import optim as kopt
 from ._threads import kernel_scope
@@ -453,6 +454,7 @@ class Optimizer:
             grads = grads.copy()
         kind, hp, s1, s2 = self.kernel_args(params.shape[0], params.dtype)
         self.step_count += 1
+        _cache.require("optimizer-step", params.dtype)
         with kernel_scope() as min_par:
             kopt.apply_update(params, grads, kind, hp, s1, s2, self.step_count, min_par)
 

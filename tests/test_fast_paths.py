@@ -1,6 +1,6 @@
 """The speed-motivated parts of fastbp, checked for correctness (never for speed):
-the vectorizable exp, the threaded per-sample path, Hogwild, the deferred first-layer step, allocation-free training steps,
-ahead-of-time warm-up and the compile-cache bookkeeping."""
+the vectorizable exp, the threaded per-sample path, Hogwild, the deferred first-layer step,
+allocation-free training steps and where the compile cache goes (its sets: test_cache.py)."""
 import os
 import subprocess
 import sys
@@ -12,7 +12,6 @@ import pytest
 
 import fastbp
 import naive
-from fastbp import _cache, _config
 from fastbp.kernels import fused, network as knet
 from fastbp.kernels.activations import ACTIVATIONS, fast_exp
 from fastbp.kernels.layout import layer_params, make_layout
@@ -126,17 +125,21 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
         total = run(params, X, Y, order, xbuf, *work)
         return params, total
 
+    def run(path, min_par, n_tasks):
+        return lambda p, X, Y, o, xb, yb, a, d: knet.sgd_epoch(
+            path, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, min_par, n_tasks) * N
+
     # min_par = 0: every layer kernel threaded, so the deferred path applies at any size
-    plain = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch(
-        p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 0, 2) * N)
+    plain = epoch(run("sgd-batches", 0, 2))
     assert not np.array_equal(plain[0], p0)
-    # min_par = 4096: only the first layer threaded, so train_epoch picks the deferred path
+    # min_par = 4096: only the first layer threaded, so the epoch takes the deferred path
     assert knet.defer_first_step(B, p0, layout, 4096)
+    acts = np.empty(B * (S + sizes[1]), dtype=dtype)
+    assert knet.sgd_epoch_path(B, p0, layout, acts, 4096) == "sgd-deferred"
+    assert knet.sgd_epoch_path(B, p0, layout, acts[:B * S], 4096) == "sgd-batches"
     for n_tasks in (1, 2, 3, 5):
-        deferred = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch_deferred(
-            p, X, Y, o, B, lr, layout, loss, yb, a, d, 0, n_tasks))
-        chosen = epoch(lambda p, X, Y, o, xb, yb, a, d: knet.train_epoch(
-            p, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, 4096, n_tasks) * N)
+        deferred = epoch(run("sgd-deferred", 0, n_tasks))
+        chosen = epoch(run("sgd-deferred", 4096, n_tasks))
         np.testing.assert_array_equal(deferred[0], plain[0], err_msg=f"{n_tasks} tasks")
         np.testing.assert_array_equal(chosen[0], plain[0], err_msg=f"{n_tasks} tasks")
         assert deferred[1] == pytest.approx(plain[1], rel=1e-12)
@@ -189,10 +192,12 @@ def test_deferred_epoch_on_permuted_runs_equals_the_plain_loop(kind, dtype):
     results = []
     for min_par in (0, 4096):  # every layer threaded (plain loop), first layer only (deferred)
         params = p0.copy()
-        knet.train_epoch(params, params, X, Y, order, B, lr, layout, loss,
-                         np.empty(B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
-                         np.empty(B * (S + sizes[1]), dtype=dtype), np.empty(B * S, dtype=dtype),
-                         min_par, 2)
+        acts = np.empty(B * (S + sizes[1]), dtype=dtype)
+        path = knet.sgd_epoch_path(B, params, layout, acts, min_par)
+        assert path == ("sgd-deferred" if min_par else "sgd-batches")
+        knet.sgd_epoch(path, params, X, Y, order, B, lr, layout, loss,
+                       np.empty(B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
+                       acts, np.empty(B * S, dtype=dtype), min_par, 2)
         results.append(params)
     assert knet.defer_first_step(B, p0, layout, 4096) and not knet.defer_first_step(B, p0,
                                                                                       layout, 0)
@@ -203,9 +208,11 @@ def test_deferred_epoch_on_permuted_runs_equals_the_plain_loop(kind, dtype):
 @pytest.mark.parametrize("B, min_par", [(1, 4096), (8, 4096), (8, 0)],
                          ids=["per-sample", "deferred", "plain"])
 def test_train_epoch_on_slices_of_the_order_is_the_whole_epoch(B, min_par, dtype):
-    """``train_epoch`` trains on the samples its ``order`` names: an epoch run as two calls on
-    slices of the order (what ``fit(progress=True)`` does) gives the one-call weights, bit for
-    bit, and the same loss; rows of X outside the order are never read."""
+    """An epoch trains on the samples its ``order`` names: an epoch run as two calls on slices
+    of the order (what ``fit`` does) gives the one-call weights, bit for bit, and the same loss;
+    rows of X outside the order are never read. The compiled driver ``train_epoch`` (for the
+    user's ``@njit`` code) takes the same path: the same numbers up to rounding (compiled as
+    one unit with its callees, its sums may be associated differently)."""
     sizes = (300, 64, 5)
     rng = np.random.default_rng(5)
     N = 60
@@ -220,10 +227,14 @@ def test_train_epoch_on_slices_of_the_order_is_the_whole_epoch(B, min_par, dtype
     if B > 1:
         assert knet.defer_first_step(B, p0, layout, min_par) == (min_par == 4096)
 
-    def run(params, o):
-        work = (np.empty(2 * B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
+    def workspaces():
+        return (np.empty(2 * B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
                 np.empty(max(B, 2) * S + B * sizes[1], dtype=dtype), np.empty(B * S, dtype=dtype))
-        return knet.train_epoch(params, params, X, Y, o, B, lr, layout, loss, *work, min_par, 2)
+
+    def run(params, o):
+        work = workspaces()
+        path = knet.sgd_epoch_path(B, params, layout, work[2], min_par)
+        return knet.sgd_epoch(path, params, X, Y, o, B, lr, layout, loss, *work, min_par, 2)
 
     whole = p0.copy()
     mean = run(whole, order)
@@ -233,6 +244,12 @@ def test_train_epoch_on_slices_of_the_order_is_the_whole_epoch(B, min_par, dtype
     assert np.isfinite(whole).all() and not np.array_equal(whole, p0)
     np.testing.assert_array_equal(parts, whole)
     assert mean_parts == pytest.approx(mean, rel=1e-12)
+    driver = p0.copy()
+    mean_driver = knet.train_epoch(driver, driver, X, Y, order, B, lr, layout, loss, *workspaces(),
+                                   min_par, 2)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(driver, whole, rtol=tol, atol=tol)
+    assert mean_driver == pytest.approx(mean, rel=tol)
 
 
 def test_gather_rows_copies_the_rows_in_order(dtype):
@@ -290,47 +307,6 @@ def test_no_allocation_per_training_step():
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-
-
-def test_warmup_returns_seconds():
-    assert fastbp.warmup("float32") >= 0.0
-
-
-def test_cache_knows_which_kernels_call_parallel_ones():
-    assert _cache.calls_parallel(knet.train_epoch)
-    assert _cache.calls_parallel(fused.sgd_hogwild)
-    assert _cache.calls_parallel(knet.predict_into)
-    assert not _cache.calls_parallel(fastbp.kernels.dense_forward)
-    assert not _cache.calls_parallel(fastbp.kernels.loss_sum)
-
-
-class _Event:
-    def __init__(self, dispatcher):
-        self.data = {"dispatcher": dispatcher}
-
-
-def test_compiling_a_driver_from_a_loaded_cache_drops_the_marker(tmp_path, monkeypatch):
-    """A process running from the cache that compiles a kernel calling parallel kernels must
-    stop trusting the cache (numba issue 8578); compiling a leaf kernel is harmless."""
-    marker = tmp_path / "fastbp-complete-test"
-    monkeypatch.setitem(_cache._state, "marker", str(marker))
-    monkeypatch.setitem(_cache._state, "fresh", False)
-    marker.write_text("x")
-    _cache._on_compile(_Event(fastbp.kernels.dense_forward))
-    assert marker.exists()
-    _cache._on_compile(_Event(knet.train_epoch))
-    assert not marker.exists()
-    marker.write_text("x")  # a process that built the cache itself trusts its own compiles
-    monkeypatch.setitem(_cache._state, "fresh", True)
-    _cache._on_compile(_Event(knet.train_epoch))
-    assert marker.exists()
-
-
-def test_every_kernel_name_carries_the_source_digest():
-    if not _config.CACHE:
-        pytest.skip("caching is off (FASTBP_CACHE=0): names are left alone")
-    for d in _config.DISPATCHERS:
-        assert d.py_func.__qualname__.endswith("__" + _config.SOURCE_DIGEST)
 
 
 # ---- where the compile cache goes ----------------------------------------------------------------

@@ -14,6 +14,7 @@ from fastbp import optim
 from fastbp.kernels import ACTIVATIONS, BCE, CROSS_ENTROPY, IDENTITY, MSE, SIGMOID, SOFTMAX, TANH
 from fastbp.kernels import checked as C
 from fastbp.kernels import network as knet
+from fastbp.kernels import train as ktrain
 
 
 def data(rng, N=12, n=4, m=3, dtype=np.float64):
@@ -358,9 +359,12 @@ def test_read_only_inputs_do_not_compile_new_kernel_variants(rng):
     sw.setflags(write=False)
     net = ce_net()
     net.fit(X, y, epochs=1, batch_size=4, sample_weight=sw)
+    net.fit(X, y, epochs=1, batch_size=4)
     net.forward(X)
     net.gradients(X, y)
-    for kernel in (knet.train_epoch, knet.forward_batch, knet.predict_into):
+    for kernel in (ktrain.train_segment, knet.train_batches, knet.forward_batch,
+                   knet.predict_into):
+        assert kernel.signatures, kernel
         for sig in kernel.signatures:
             assert all(not getattr(t, "readonly", False) for t in sig), (kernel, sig)
 

@@ -246,12 +246,58 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
             and defer_first_step(batch_size, params, layout, min_par)):
         return train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, ybuf,
                                     acts, deltas, min_par, n_tasks) / N
+    return train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
+                         deltas, min_par) / N
+
+
+@jit()
+def train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts, deltas,
+                  min_par):
+    """``train_epoch``'s plain loop (no deferred step): forward, loss, backward with the fused
+    step, batch after batch; returns the loss sum."""
+    N = order.shape[0]
     total = 0.0
     for start in range(0, N, batch_size):
         x, y = batch_rows(X, Y, order, start, min(batch_size, N - start), xbuf, ybuf)
         out = forward_batch(acts, x, params, layout, min_par)
         total += loss_sum(out, y, loss)
         backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par)
+    return total
+
+
+def sgd_epoch_path(batch_size, params, layout, acts, min_par):
+    """Which of ``train_epoch``'s three paths an epoch of plain SGD takes, decided in Python so
+    that each compiles (and is cached) alone: ``'sgd-per-sample'``, ``'sgd-deferred'`` or
+    ``'sgd-batches'`` (the names of :mod:`fastbp._cache`'s kernel sets)."""
+    if batch_size == 1:
+        return "sgd-per-sample"
+    S = workspace_size(layout)
+    if (acts.shape[0] >= batch_size * (S + layout[0, N_OUT])
+            and defer_first_step(batch_size, params, layout, min_par)):
+        return "sgd-deferred"
+    return "sgd-batches"
+
+
+def sgd_epoch(path, params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts, deltas,
+              min_par, n_tasks):
+    """``train_epoch`` from Python along ``path`` (``sgd_epoch_path``): the same kernels on the
+    same arguments, and the numbers of each kernel's own build (``train_epoch`` builds its
+    callees into itself: the same numbers up to rounding); returns the mean loss. The path's
+    kernel set is compiled (or loaded) on its first use (:mod:`fastbp._cache`)."""
+    from .. import _cache  # (here, not at the top: the kernels' digests leave _cache.py out)
+    _cache.require(path, params.dtype)
+    N = order.shape[0]
+    if path == "sgd-per-sample":
+        S = workspace_size(layout)
+        total = sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
+                               acts[:2 * S].reshape((2, S)), deltas[:S], min_par)
+    elif path == "sgd-deferred":
+        total = deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
+                               deltas, min_par, n_tasks,
+                               None if consecutive_batches(order, batch_size) else order)
+    else:
+        total = train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf,
+                              acts, deltas, min_par)
     return total / N
 
 
