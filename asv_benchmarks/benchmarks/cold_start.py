@@ -23,7 +23,7 @@ import textwrap
 
 from .common import DTYPES, FAST, Benchmark
 
-SETUP = textwrap.dedent("""
+PRELUDE = textwrap.dedent("""
     import numpy as np
     import fastbp
     rng = np.random.default_rng(0)
@@ -44,7 +44,7 @@ USES = {
 def statement(path, dtype):
     if path == "import":
         return "import fastbp\n"
-    return SETUP.format(dtype=dtype) + USES[path] + "\n"
+    return PRELUDE.format(dtype=dtype) + USES[path] + "\n"
 
 
 # Untimed, in the new interpreter before the statement: a fresh cache directory per sample.
