@@ -1,9 +1,9 @@
 """fastbp's on-disk cache of compiled kernels: compiled on first use, one kernel set at a time.
 
 Nothing is compiled at ``import fastbp``. Each training or inference path of the Python API is
-a *kernel set* (``PATHS``: per-sample SGD, mini-batch SGD, the deferred mini-batch region, the
-other optimizers' segments, Hogwild, inference, gradients, the optimizers' ``step``), per
-dtype. The first call on a set that is not in the cache compiles that set, and only that set,
+a *kernel set* (``PATHS``: per-sample SGD, mini-batch SGD, the deferred mini-batch region for
+shuffled batches and for in-order ones, the other optimizers' segments, Hogwild, inference,
+gradients, the optimizers' ``step``), per dtype. The first call on a set that is not in the cache compiles that set, and only that set,
 then every later process loads it from disk in milliseconds.
 
 Why a set is compiled in a child process. Numba (0.68 and earlier) can write a cache entry that
@@ -53,16 +53,17 @@ from . import _config
 BUILDER_ENV = "_FASTBP_BUILDER"
 
 # Each set: what it covers (for the first-use message) and about how long it compiles (seconds
-# on one core of the 2-core development VM, float32; docs/performance.md has the table).
+# on one core of a 2-core Xeon (AVX-512), float32; docs/performance.md has the table).
 PATHS = {
-    "sgd-per-sample": ("per-sample SGD (fit with batch_size=1)", 10),
-    "sgd-batches": ("mini-batch SGD", 10),
-    "sgd-deferred": ("mini-batch SGD with the deferred first-layer step", 15),
-    "train-segment": ("training with momentum, Adam or sample weights", 12),
-    "sgd-hogwild": ("Hogwild per-sample SGD", 8),
-    "predict": ("inference (forward, predict, loss, validation)", 6),
-    "gradients": ("gradients", 6),
-    "optimizer-step": ("optimizer steps", 4),
+    "sgd-per-sample": ("per-sample SGD (fit with batch_size=1)", 7),
+    "sgd-batches": ("mini-batch SGD", 15),
+    "sgd-deferred": ("mini-batch SGD with the deferred first-layer step", 21),
+    "sgd-deferred-slices": ("mini-batch SGD with the deferred first-layer step, unshuffled", 19),
+    "train-segment": ("training with momentum, Adam or sample weights", 19),
+    "sgd-hogwild": ("Hogwild per-sample SGD", 11),
+    "predict": ("inference (forward, predict, loss, validation)", 11),
+    "gradients": ("gradients", 14),
+    "optimizer-step": ("optimizer steps", 3),
 }
 
 _lock = threading.Lock()
@@ -302,16 +303,15 @@ def run_path(path, dtype):
             net.fit(X, y, epochs=1, batch_size=1, lr=0.1, hogwild=False)
         elif path == "sgd-batches":
             net.fit(X, y, epochs=1, batch_size=2, lr=0.1)
-        elif path == "sgd-deferred":
+        elif path in ("sgd-deferred", "sgd-deferred-slices"):
             # a first layer big enough to be shared between threads (deterministic=True: by
             # work size, whatever the thread count), the rest not: the deferred region, for
-            # shuffled batches (rows read through their indices) and in-order ones (slices)
+            # shuffled batches (rows read through their indices) or in-order ones (slices)
             Xd = np.linspace(-1, 1, 64 * 64, dtype=dt).reshape(64, 64)
             yd = np.arange(64) % 10
             deep = MLP([64, 64, 10], dtype=dt, seed=0)
-            for shuffle in (True, False):
-                deep.fit(Xd, yd, epochs=1, batch_size=32, lr=0.1, shuffle=shuffle,
-                         deterministic=True)
+            deep.fit(Xd, yd, epochs=1, batch_size=32, lr=0.1,
+                     shuffle=path == "sgd-deferred", deterministic=True)
         elif path == "train-segment":
             net.fit(X, y, epochs=1, batch_size=2, optimizer="adam", sample_weight=np.ones(6))
         elif path == "sgd-hogwild":

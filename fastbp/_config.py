@@ -24,6 +24,12 @@
   compiled where, and in which order (issue 17). ``_own_copies`` makes the linked callees of a
   fastbp kernel ``internal`` once its module is optimized: each kernel runs exactly the code of
   its own build, fresh or cached. It touches only the libraries of fastbp's kernels.
+* Plain argument types: a kernel called from another kernel with a constant (``f(x, 0)``,
+  ``g(..., True)``) would be typed, and compiled, for that literal value, a second build of
+  the same code next to the one for ``int64`` or ``bool`` (numba specializes a callee per
+  literal). ``_plain_calls`` types integer and boolean literals as their plain types in calls
+  to fastbp kernels: one build per kernel and argument types, half the compile time of the
+  kernels that were called both ways (docs/performance.md, "Compile cache and start-up").
 * ``jit(noalias=True)``: the layer kernels are compiled with numba's ``noalias`` flag, which marks
   every array argument's data as not overlapping any other argument's *written* data (C's
   ``restrict``). The compiler can then vectorize loops that store to several rows of one array
@@ -38,7 +44,7 @@ import types
 import warnings
 
 import llvmlite.binding as ll
-from numba import njit
+from numba import njit, types as nbtypes
 from numba.core import codegen, compiler
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
@@ -148,6 +154,26 @@ if not getattr(codegen.CPUCodeLibrary._finalize_final_module, "fastbp_own_copies
         codegen.CPUCodeLibrary._finalize_final_module)
 
 
+def _plain(ty):
+    """An integer or boolean literal type as its plain type; other types as they are."""
+    if isinstance(ty, (nbtypes.IntegerLiteral, nbtypes.BooleanLiteral)):
+        return nbtypes.unliteral(ty)
+    return ty
+
+
+def _plain_calls(dispatcher):
+    """Type the literal arguments of calls to ``dispatcher`` from other compiled code as plain
+    integers and booleans (see the module notes). Numba asks a dispatcher for the template of
+    each such call (``get_call_template``); the call site casts its arguments to the chosen
+    signature. Calls from Python are unaffected (numba never types their arguments as literals)."""
+    get_call_template = dispatcher.get_call_template
+
+    def plain_call_template(args, kws):
+        return get_call_template(tuple(_plain(a) for a in args),
+                                 {k: _plain(v) for k, v in kws.items()})
+    dispatcher.get_call_template = plain_call_template
+
+
 class _NoAliasCompiler(compiler.CompilerBase):
     """Numba's standard nopython pipeline with the ``noalias`` flag set (see the module notes)."""
 
@@ -183,6 +209,7 @@ def jit(parallel=False, noalias=False):
                 warnings.warn(NO_CACHE_FOLDER, RuntimeWarning, stacklevel=2)
             UNCACHED.append(pyfunc.__name__)
             dispatcher = compile_with(False)
+        _plain_calls(dispatcher)
         DISPATCHERS.append(dispatcher)
         return dispatcher
     return decorate

@@ -170,6 +170,19 @@ def test_consecutive_batches():
     assert not knet.consecutive_batches(swapped, 16)
     assert knet.consecutive_batches(swapped[::-1].copy(), 1)
     assert knet.consecutive_batches(np.zeros(0, dtype=np.int64), 4)
+    # the NumPy twin that picks the kernel set (sgd_epoch) agrees, on these and random orders
+    cases = [(runs, 4), (np.arange(10, dtype=np.int64), 3), (runs, 5), (swapped, 16),
+             (swapped[::-1].copy(), 1), (np.zeros(0, dtype=np.int64), 4)]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, b = rng.integers(1, 20), rng.integers(1, 8)
+        order = np.arange(n, dtype=np.int64)
+        if rng.random() < 0.7:
+            i, j = rng.integers(0, n, 2)
+            order[[i, j]] = order[[j, i]]
+        cases.append((order, b))
+    for order, b in cases:
+        assert knet.batches_are_slices(order, b) == knet.consecutive_batches(order, b), (order, b)
 
 
 @pytest.mark.parametrize("kind", ["runs", "one-swap"])

@@ -283,12 +283,14 @@ def dense_forward(out, inp, weight, bias, act):
             for t in range(n_blk):
                 forward_units(out, inp, weight, bias, t, None, c0, c1)
     else:
+        # np.int64: a prange index is unsigned in the threaded build (signed in the serial
+        # twin); one index type, so each callee is compiled once
         for t in prange(n_blk):
-            forward_units(out, inp, weight, bias, t, None, 0, B)
+            forward_units(out, inp, weight, bias, np.int64(t), None, 0, B)
     if act != IDENTITY:
         n_parts = activation_parts(B, n_out, act)
         for t in prange(n_parts):
-            activate_part(out, act, t, n_parts)
+            activate_part(out, act, np.int64(t), n_parts)
 
 
 @jit(noalias=True)
@@ -707,7 +709,7 @@ def deferred_sweep(out, dprev, inp, rows, inp_prev, rows_prev, a_prev, d_next, w
     Bp = n_rows(inp_prev, rows_prev)
     n_blk = (n_out + 3) // 4
     for p in prange(n_tasks):
-        t0, t1 = task_blocks(n_blk, p, n_tasks)
+        t0, t1 = task_blocks(n_blk, np.int64(p), n_tasks)  # np.int64: as in dense_forward
         j0 = min(4 * t0, n_out)
         j1 = min(4 * t1, n_out)
         if back and n_next > 0 and j1 > j0:  # (an empty task must not step b_next)

@@ -97,10 +97,11 @@ def layer_backward(grads, d_prev, d, a_prev, params, layout, l, scale, min_par):
     dw, db = layer_params(grads, layout, l)
     w, _ = layer_params(params, layout, l)
     threads = batch_threaded(a_prev.shape[0], w, min_par)
+    # ``accumulate`` passed, not left to its default: one build of dense_grad for both calls
     if threads:
-        dense_grad(dw, db, d, a_prev, scale)
+        dense_grad(dw, db, d, a_prev, scale, False)
     else:
-        dense_grad_serial(dw, db, d, a_prev, scale)
+        dense_grad_serial(dw, db, d, a_prev, scale, False)
     if l > 0:
         if threads:
             dense_backward(d_prev, d, w, a_prev, layout[l - 1, ACT])
@@ -285,6 +286,8 @@ def sgd_epoch(path, params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybu
     callees into itself: the same numbers up to rounding); returns the mean loss. The path's
     kernel set is compiled (or loaded) on its first use (:mod:`fastbp._cache`)."""
     from .. import _cache  # (here, not at the top: the kernels' digests leave _cache.py out)
+    if path == "sgd-deferred" and batches_are_slices(order, batch_size):
+        path = "sgd-deferred-slices"  # deferred_epoch's other build: a set of its own
     _cache.require(path, params.dtype)
     N = order.shape[0]
     if path == "sgd-per-sample":
@@ -293,8 +296,10 @@ def sgd_epoch(path, params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybu
                                acts[:2 * S].reshape((2, S)), deltas[:S], min_par)
     elif path == "sgd-deferred":
         total = deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
-                               deltas, min_par, n_tasks,
-                               None if consecutive_batches(order, batch_size) else order)
+                               deltas, min_par, n_tasks, order)
+    elif path == "sgd-deferred-slices":
+        total = deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
+                               deltas, min_par, n_tasks, None)
     else:
         total = train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf,
                               acts, deltas, min_par)
@@ -350,6 +355,13 @@ def consecutive_batches(order, batch_size):
             if order[start + r] != first + r:
                 return False
     return True
+
+
+def batches_are_slices(order, batch_size):
+    """``consecutive_batches`` in NumPy, for Python callers (no kernel to compile)."""
+    steps = np.diff(order) == 1
+    steps[batch_size - 1::batch_size] = True  # the step from one batch to the next is free
+    return bool(steps.all())
 
 
 def batch_input(X, order, start, B, by_rows):
