@@ -227,6 +227,31 @@ def test_every_kernel_name_carries_its_module_digest():
         "fastbp.kernels.optim")
 
 
+def test_literal_arguments_compile_one_build():
+    """A kernel called with constants and with variables of the same types is compiled once
+    (``_config._plain_calls``); without it, numba compiles a build per literal."""
+    import numpy as np
+    from numba import njit
+
+    def make():
+        @njit
+        def callee(x, k, flag):
+            return x[0] + k if flag else x[0]
+        return callee
+
+    plain, literal = make(), make()
+    _config._plain_calls(plain)
+    for callee in (plain, literal):
+        @njit
+        def caller(x):
+            return callee(x, 0, True) + callee(x, x.size, x.size > 0)
+        assert caller(np.ones(3)) == 5.0
+    assert len(plain.signatures) == 1
+    assert len(literal.signatures) == 2
+    for d in _config.DISPATCHERS:  # every fastbp kernel
+        assert d.get_call_template.__name__ == "plain_call_template", d.py_func.__qualname__
+
+
 def test_kernels_know_which_kernels_call_parallel_ones():
     assert _cache.calls_parallel(knet.train_epoch)
     assert _cache.calls_parallel(knet.train_batches)

@@ -56,7 +56,8 @@ COLD_CACHE = textwrap.dedent("""
 
 class ColdStart(Benchmark):
     param_names = ["cache", "path", "dtype"]
-    params = [["warm", "cold"], list(USES), DTYPES]
+    # the fast profile (CI's smoke run) times two paths: each cold sample compiles for seconds
+    params = [["warm", "cold"], ["import", "sgd-per-sample"] if FAST else list(USES), DTYPES]
     # Every sample is a new process, and a cold one compiles a kernel set: no warm-up runs,
     # and fewer samples than the other benchmarks.
     warmup_time = 0
