@@ -4,8 +4,11 @@ The Python layer validates, converts and allocates; the kernels in :mod:`fastbp.
 arithmetic. All parameters live in one flat array ``params``; ``weights[l]`` (n_out, n_in) and
 ``biases[l]`` (n_out,) are views into it, and gradients use a twin buffer of the same layout.
 """
+import contextlib
 import copy
+import functools
 import math
+import threading
 import time
 
 import numpy as np
@@ -46,12 +49,68 @@ def aligned_zeros(n, dtype):
     return raw[skip:skip + n]
 
 
+class _TrainingGuard:
+    """One model's training is one thread's at a time: ``fit``, ``partial_fit`` and every
+    assignment to the model's state (weights, biases, training state, generator) take the
+    guard without waiting, and a second thread gets a ``RuntimeError`` at once instead of
+    interleaving its updates with the first's. The thread that holds it may still assign (a
+    callback restoring the best weights), but not start another training inside its own.
+    Reading (``predict``, ``forward``, ``loss``, ``gradients``, ``save``) never takes it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owner = None  # the thread that holds the lock, and what it runs
+
+    @contextlib.contextmanager
+    def hold(self, what, trains):
+        me = threading.get_ident()
+        owner = self._owner
+        if owner is not None and owner[0] == me:  # inside this thread's own training
+            if trains:
+                raise RuntimeError(f"{what}: called during this model's {owner[1]} (from a "
+                                   f"callback?); a model trains one run at a time")
+            yield
+            return
+        if not self._lock.acquire(blocking=False):
+            running = owner[1] if owner is not None else "training"
+            raise RuntimeError(f"{what}: this model is in {running} in another thread; a model "
+                               f"is trained by one thread at a time (predict, forward, loss and "
+                               f"gradients may run concurrently; train a copy "
+                               f"(copy.deepcopy(net)) to train in parallel)")
+        self._owner = (me, what)
+        try:
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
+
+
+def _exclusive(what, trains=False):
+    """Run the method under the model's ``_TrainingGuard`` (see there)."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with self._guard.hold(what, trains):
+                return method(self, *args, **kwargs)
+        return wrapper
+    return decorate
+
+
 class _ParamList(list):
     """The list behind ``net.weights`` / ``net.biases``: its items are views into the model's
     flat buffer, and ``net.weights[l] = W`` copies ``W`` into that view (after checking its
-    shape) instead of replacing the item."""
+    shape) instead of replacing the item, under the model's training guard."""
+
+    def __init__(self, guard, name):
+        super().__init__()
+        self._guard = guard
+        self._name = name
 
     def __setitem__(self, index, value):
+        with self._guard.hold(f"{self._name}[{index}] = ...", False):
+            self._assign(index, value)
+
+    def _assign(self, index, value):
         if not isinstance(index, (int, np.integer)):
             raise TypeError("assign one layer at a time: net.weights[l] = W")
         view = list.__getitem__(self, index)
@@ -133,6 +192,7 @@ class MLP:
         self._layout, n_params = knet.make_layout(sizes, codes)
         self._loss_code = LOSSES[loss]
         self._rng = np.random.default_rng(seed)
+        self._guard = _TrainingGuard()
         self._params = aligned_zeros(n_params, self.dtype)
         self._make_views()
         self._initialize()
@@ -140,8 +200,8 @@ class MLP:
 
     # ---- parameters ------------------------------------------------------------------------
     def _make_views(self):
-        self._weights = _ParamList()
-        self._biases = _ParamList()
+        self._weights = _ParamList(self._guard, "weights")
+        self._biases = _ParamList(self._guard, "biases")
         for l in range(len(self.layer_sizes) - 1):
             self._weights.append(self._layer_slice(self._params, l)[0])
             self._biases.append(self._layer_slice(self._params, l)[1])
@@ -210,11 +270,12 @@ class MLP:
     # ---- pickling: the views are rebuilt from the flat buffer ------------------------------
     def __getstate__(self):
         state = self.__dict__.copy()
-        del state["_weights"], state["_biases"]
+        del state["_weights"], state["_biases"], state["_guard"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._guard = _TrainingGuard()
         # Unpickling can hand back read-only arrays (joblib and scikit-learn load them as
         # read-only memory maps): the kernels write the parameters, and take one array type.
         for name in ("_params", "_layout"):
@@ -381,6 +442,7 @@ class MLP:
         self.optimizer_ = None  # the live optimizer of the last fit / partial_fit
         self.history_ = None  # History of the last fit (partial_fit appends to it)
 
+    @_exclusive("MLP.fit", trains=True)
     def fit(self, X, Y, epochs=1, batch_size=1, lr=None, optimizer="sgd", shuffle=True, *,
             random_state=None, validation_data=None, validation_split=0.0, early_stopping=None,
             callbacks=(), sample_weight=None, progress=False, verbose=0, deterministic=False,
@@ -496,6 +558,7 @@ class MLP:
         self._train(X, Y, sw, val, epochs, callbacks, **run)
         return self.history_
 
+    @_exclusive("MLP.partial_fit", trains=True)
     def partial_fit(self, X, Y, *, batch_size=1, lr=None, optimizer=None, shuffle=True,
                     sample_weight=None, validation_data=None, callbacks=(), progress=False,
                     verbose=0, deterministic=False, on_divergence="raise"):
@@ -549,6 +612,7 @@ class MLP:
         return copy.deepcopy(self._rng.bit_generator.state)
 
     @rng_state.setter
+    @_exclusive("MLP.rng_state = ...")
     def rng_state(self, state):
         if not isinstance(state, dict) or "bit_generator" not in state:
             raise TypeError("rng_state must be a dict as numpy's bit_generator.state, got "
@@ -573,6 +637,7 @@ class MLP:
                 "optimizer_state": {} if opt is None else opt.state_arrays(),
                 "history": None if self.history_ is None else self.history_.to_dict()}
 
+    @_exclusive("MLP.set_training_state")
     def set_training_state(self, state):
         """Restore what ``get_training_state`` returned."""
         if not isinstance(state, dict):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -129,6 +130,85 @@ def test_prediction_while_another_model_trains():
 
     got = run_together([lambda: train(8, spec).params, predict, predict])
     assert np.array_equal(got[0], ref_trained) and got[1] and got[2]
+
+
+def test_one_model_trained_from_two_threads_raises_at_once():
+    """While one thread trains a model (held inside a callback here, so that the overlap is
+    certain), a second fit, partial_fit or assignment to the model's state from another
+    thread raises RuntimeError at once and changes nothing; reading works; the first training
+    finishes with the numbers it would have given alone, and the model is free afterwards."""
+    X, y = problem(11)
+    spec = SPECS[2]
+    ref = train(12, spec, epochs=2)
+    net = fastbp.MLP(SIZES, activation="tanh", loss="cross_entropy", dtype="float64", seed=12)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(epoch, history, model):
+        if not inside.is_set():  # the end of the first epoch
+            inside.set()
+            assert release.wait(60)
+
+    def fit():
+        optimizer, lr, batch_size = spec
+        net.fit(*problem(12), epochs=2, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                callbacks=[hold])
+        return net.params.copy()
+
+    worker = ThreadPoolExecutor(1)
+    job = worker.submit(fit)
+    try:
+        assert inside.wait(60)
+        params, state = net.params.copy(), net.get_training_state()
+        attempts = {
+            "MLP.fit": lambda: net.fit(X, y, epochs=1, batch_size=8),
+            "MLP.partial_fit": lambda: net.partial_fit(X, y, batch_size=8),
+            r"weights\[0\] = ": lambda: net.weights.__setitem__(0, np.zeros((128, 96))),
+            r"biases\[1\] = ": lambda: net.biases.__setitem__(1, np.zeros(10)),
+            "MLP.set_training_state": lambda: net.set_training_state(state),
+            "MLP.rng_state": lambda: setattr(net, "rng_state", state["rng_state"]),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(RuntimeError, match=what + ".*in MLP.fit in another thread"):
+                attempt()
+        assert np.array_equal(net.params, params)
+        assert net.forward(X).shape == (X.shape[0], SIZES[-1])  # reading is not guarded
+    finally:
+        release.set()
+        got = job.result(timeout=120)
+        worker.shutdown()
+    assert np.array_equal(got, ref.params)
+    net.fit(X, y, epochs=1, batch_size=8)  # free again
+    net.weights[0] = np.zeros((128, 96))
+    assert not net.weights[0].any()
+
+
+def test_a_callback_may_assign_the_weights_but_not_train_again():
+    X, y = problem(13)
+    net = fastbp.MLP(SIZES, activation="tanh", loss="cross_entropy", seed=13)
+    saved = [w.copy() for w in net.weights]
+    errors = []
+
+    def restore(epoch, history, model):
+        for l, w in enumerate(saved):
+            model.weights[l] = w  # the training thread may assign (early stopping does)
+        try:
+            model.fit(X, y, epochs=1)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    net.fit(X, y, epochs=1, batch_size=16, callbacks=[restore])
+    assert all(np.array_equal(w, s) for w, s in zip(net.weights, saved))
+    assert len(errors) == 1 and "MLP.fit: called during this model's MLP.fit" in errors[0]
+
+
+def test_a_copied_or_unpickled_model_has_a_guard_of_its_own():
+    import copy
+    import pickle
+    net = train(14, SPECS[1], epochs=1)
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert other._guard is not net._guard
+        other.weights[0] = np.zeros((128, 96))
+        assert not other.weights[0].any() and net.weights[0].any()
 
 
 WORKQUEUE_SCRIPT = textwrap.dedent("""
