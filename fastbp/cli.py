@@ -1,5 +1,6 @@
 """``python -m fastbp train``: train a network on the bundled digits set, print test accuracy."""
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -30,12 +31,16 @@ def train_main(argv):
     print(f"{net}\ntrain {X_train.shape[0]} samples, test {X_test.shape[0]}; "
           f"{args.epochs} epochs, batch size {args.batch_size}, lr {args.lr}")
     t0 = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        net.fit(X_train, y_train, epochs=1, batch_size=args.batch_size, lr=args.lr)
-        if epoch == 1 or epoch % 5 == 0 or epoch == args.epochs:
-            acc = _accuracy(net, X_test, y_test)
-            print(f"epoch {epoch:3d}  train loss {net.loss_curve_[-1]:.5f}  test accuracy "
-                  f"{acc:.4f}")
+    try:
+        for epoch in range(1, args.epochs + 1):
+            net.fit(X_train, y_train, epochs=1, batch_size=args.batch_size, lr=args.lr)
+            if epoch == 1 or epoch % 5 == 0 or epoch == args.epochs:
+                acc = _accuracy(net, X_test, y_test)
+                print(f"epoch {epoch:3d}  train loss {net.loss_curve_[-1]:.5f}  test accuracy "
+                      f"{acc:.4f}")
+    except KeyboardInterrupt:  # Ctrl-C: the model is the one of the last finished epoch
+        print(f"interrupted after {net.n_epochs_} finished epochs", file=sys.stderr)
+        return 130
     seconds = time.perf_counter() - t0
     acc = _accuracy(net, X_test, y_test)
     print(f"test accuracy: {acc:.4f}  ({seconds:.2f} s for {args.epochs} epochs, test "

@@ -33,6 +33,29 @@ OPTIMIZERS = tuple(_optim.OPTIMIZERS)
 
 # A progress bar is redrawn about this many times per epoch (the epoch runs in that many pieces).
 PROGRESS_UPDATES = 20
+# Compiled code cannot see a Ctrl-C: an epoch runs in pieces of about PIECE_SECONDS (sized from
+# the speed of the last piece), and a forward pass over many rows in pieces of about
+# PIECE_WORK multiply-adds, so that Python gets control every few tens of milliseconds and
+# raises KeyboardInterrupt (docs/robustness.md, "Ctrl-C"; the cost: docs/performance.md).
+PIECE_SECONDS = 0.03
+PIECE_WORK = 1e9
+
+
+class _Pieces:
+    """The sizes of an epoch's pieces: whole batches (pairs of samples at batch size 1, where
+    the fused kernels flush their pending step), about ``PIECE_SECONDS`` each. The first piece
+    of a fit is one unit; each next one follows the last one's speed, growing at most 4 times.
+    Neither the weights nor the loss depend on the pieces (the kernels carry the loss sum on)."""
+
+    def __init__(self, unit, cap):
+        self.unit = unit
+        self.cap = max(unit, cap // unit * unit)
+        self.size = unit
+
+    def update(self, n_done, seconds):
+        want = n_done * PIECE_SECONDS / seconds if seconds > 0 else 4 * self.size
+        want = min(int(want), 4 * self.size, self.cap)
+        self.size = max(self.unit, want // self.unit * self.unit)
 # Parameters and training workspaces start on a cache line: a thread's share of a row (the
 # deferred first-layer region splits rows of W_1, a_0 and delta_0 between threads) then does
 # not share a line with another thread's. On 784-128-10, batch 32, the region took 74 us with
@@ -347,8 +370,13 @@ class MLP:
         acts = np.empty(chunk * S, dtype=self.dtype)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         _cache.require("predict", self.dtype)
+        # whole chunks, about PIECE_WORK multiply-adds a call (Ctrl-C; the rows are independent)
+        rows = chunk * max(1, int(PIECE_WORK / self._params.shape[0]) // chunk)
         with kernel_scope() as min_par:
-            knet.predict_into(out, X, self._params, self._layout, acts, chunk, min_par)
+            for start in range(0, X.shape[0], rows):
+                stop = min(start + rows, X.shape[0])
+                knet.predict_into(out[start:stop], X[start:stop], self._params, self._layout,
+                                  acts, chunk, min_par)
         return out
 
     def forward(self, X):
@@ -725,10 +753,10 @@ class MLP:
         kind, hp, s1, s2 = opt.kernel_args(params.shape[0], dtype)
         # The state at the start of each epoch, put back if the epoch diverges.
         snap_params, snap_s1, snap_s2 = np.empty_like(params), np.empty_like(s1), np.empty_like(s2)
-        # An epoch runs in one kernel call, or in PROGRESS_UPDATES pieces to draw a bar.
+        # An epoch runs in pieces (_Pieces), at least PROGRESS_UPDATES of them to draw a bar.
         n_batches = -(-N // B)
-        seg = N if not progress else B * -(-n_batches // PROGRESS_UPDATES)
-        seg += seg % 2 if B == 1 else 0  # per-sample pieces end on a pair (kernels.fused)
+        cap = B * (-(-n_batches // PROGRESS_UPDATES) if progress else n_batches)
+        pieces = _Pieces(2 if B == 1 else B, cap + cap % 2 if B == 1 else cap)
         if hogwild:  # one per-sample workspace per thread
             T = max(1, min(get_num_threads(), N))
             acts_h = np.empty((T, 2, S), dtype=dtype)
@@ -752,55 +780,78 @@ class MLP:
                     snap_s1[...] = s1
                     snap_s2[...] = s2
                     snap_step, snap_rng = opt.step_count, self._rng.bit_generator.state
+
+                    def restore():
+                        params[...] = snap_params
+                        s1[...] = snap_s1
+                        s2[...] = snap_s2
+                        opt.step_count = snap_step
+                        self._rng.bit_generator.state = snap_rng
                     if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
                         order[:] = identity  # one epoch then equal one run of k epochs
                         self._rng.shuffle(order)
                     show.begin_epoch(self.n_epochs_ + 1, N)
                     t0 = time.perf_counter()
-                    if fast:
-                        lr_t = dtype.type(lr)
-                        if hogwild and min_par != knet.SERIAL_ONLY:
-                            _cache.require("sgd-hogwild", dtype)
-                            loss = float(sgd_hogwild(params, X, Y, order, lr_t, layout, code,
-                                                     acts_h, deltas_h)) / N
-                        else:
-                            path = knet.sgd_epoch_path(B, params, layout, acts, min_par)
-                            total = 0.0
-                            for start in range(0, N, seg):
-                                stop = min(start + seg, N)
-                                part = knet.sgd_epoch(path, params, X, Y, order[start:stop], B,
-                                                      lr_t, layout, code, xbuf, ybuf, acts,
-                                                      deltas, min_par, n_tasks)
-                                total += float(part) * (stop - start)
+                    try:
+                        if fast:
+                            lr_t = dtype.type(lr)
+                            if hogwild and min_par != knet.SERIAL_ONLY:
+                                _cache.require("sgd-hogwild", dtype)
+                                path = None
+                            else:
+                                path = knet.sgd_epoch_path(B, params, layout, acts, min_par,
+                                                           order)
+                            total, start = 0.0, 0
+                            while start < N:
+                                stop = min(start + pieces.size, N)
+                                t_piece = time.perf_counter()
+                                if path is None:
+                                    total += float(sgd_hogwild(
+                                        params, X, Y, order[start:stop], lr_t, layout, code,
+                                        acts_h, deltas_h))
+                                else:
+                                    total = knet.sgd_epoch(
+                                        path, params, X, Y, order[start:stop], B, lr_t, layout,
+                                        code, xbuf, ybuf, acts, deltas, min_par, n_tasks, total)
+                                pieces.update(stop - start, time.perf_counter() - t_piece)
                                 if progress:
                                     show.advance(stop - start, total / stop)
+                                start = stop
                             loss = total / N
-                        steps = n_batches
-                        opt.step_count += steps
-                    else:
-                        hp[kopt.HP_LR] = lr
-                        _cache.require("train-segment", dtype)
-                        total, step = 0.0, opt.step_count
-                        for start in range(0, N, seg):
-                            stop = min(start + seg, N)
-                            total, step = ktrain.train_segment(
-                                params, grads, X, Y, sw_arr, order, start, stop, B, layout, code,
-                                kind, hp, s1, s2, step, total, xbuf, ybuf, wbuf, acts, deltas,
-                                min_par)
-                            if progress:
-                                seen = stop if sw is None else float(
-                                    sw[order[:stop]].sum(dtype=np.float64))
-                                show.advance(stop - start, total / seen if seen > 0 else 0.0)
-                        steps = step - opt.step_count
-                        opt.step_count = step
-                        loss = float(total) / wtotal
-                    seconds = time.perf_counter() - t0
-                    if not math.isfinite(loss) or V._first_nonfinite(params) >= 0:
-                        params[...] = snap_params  # the last finite state
-                        s1[...] = snap_s1
-                        s2[...] = snap_s2
-                        opt.step_count = snap_step
-                        self._rng.bit_generator.state = snap_rng
+                            step = opt.step_count + n_batches
+                        else:
+                            hp[kopt.HP_LR] = lr
+                            _cache.require("train-segment", dtype)
+                            total, step, start, seen = 0.0, opt.step_count, 0, 0.0
+                            while start < N:
+                                stop = min(start + pieces.size, N)
+                                t_piece = time.perf_counter()
+                                total, step = ktrain.train_segment(
+                                    params, grads, X, Y, sw_arr, order, start, stop, B, layout,
+                                    code, kind, hp, s1, s2, step, total, xbuf, ybuf, wbuf, acts,
+                                    deltas, min_par)
+                                pieces.update(stop - start, time.perf_counter() - t_piece)
+                                if progress:
+                                    seen += stop - start if sw is None else float(
+                                        sw[order[start:stop]].sum(dtype=np.float64))
+                                    show.advance(stop - start, total / seen if seen > 0 else 0.0)
+                                start = stop
+                            loss = float(total) / wtotal
+                        seconds = time.perf_counter() - t0
+                        diverged = not math.isfinite(loss) or V._first_nonfinite(params) >= 0
+                        val_loss = val_metric = math.nan
+                        if val is not None and not diverged:
+                            _cache.require("predict", dtype)
+                            knet.predict_into(out_v, Xv, params, layout, acts_v, chunk_v,
+                                              min_par)
+                            val_loss = float(ktrain.evaluate_loss(
+                                out_v, Yv, swv_arr, code)) / wv_total
+                            val_metric = self._metric(out_v, Yv, swv)
+                    except KeyboardInterrupt:  # back to the end of the last finished epoch
+                        restore()
+                        raise
+                    if diverged:
+                        restore()  # the last finite state
                         epoch = self.n_epochs_ + 1
                         if on_divergence == "stop":
                             hist.diverged_epoch = epoch
@@ -811,15 +862,11 @@ class MLP:
                             "NaN or infinite. The weights and optimizer state are those from "
                             "before that epoch (the last finite ones); lower the learning rate "
                             "or scale the inputs (fit(..., on_divergence='stop') stops quietly)")
+                    # the epoch is finished: its records, in a few statements
+                    self.n_steps_ += step - opt.step_count
+                    opt.step_count = step
                     self.n_epochs_ += 1
-                    self.n_steps_ += steps
                     self.loss_curve_.append(loss)
-                    val_loss = val_metric = math.nan
-                    if val is not None:
-                        _cache.require("predict", dtype)
-                        knet.predict_into(out_v, Xv, params, layout, acts_v, chunk_v, min_par)
-                        val_loss = float(ktrain.evaluate_loss(out_v, Yv, swv_arr, code)) / wv_total
-                        val_metric = self._metric(out_v, Yv, swv)
                     row = {"epoch": self.n_epochs_, "loss": loss, "val_loss": val_loss,
                            "val_metric": val_metric, "lr": lr, "seconds": seconds,
                            "samples_per_s": N / seconds if seconds > 0 else math.inf}

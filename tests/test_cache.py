@@ -142,14 +142,19 @@ def test_three_processes_on_an_empty_cache(tmp_path, reference):
     assert not _messages(err) and out["parallel_callers"] == 0
 
 
-def _builder_pids():
+def _builder_pids(cache_dir):
+    """The builders working on ``cache_dir`` (not those of other test runs on the machine)."""
     pids = []
+    want = f"NUMBA_CACHE_DIR={cache_dir}".encode()
     for pid in os.listdir("/proc"):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"fastbp._build" in fh.read():
+                if b"fastbp._build" not in fh.read():
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if want in fh.read().split(b"\0"):
                     pids.append(int(pid))
-        except OSError:
+        except (OSError, ValueError):
             continue
     return pids
 
@@ -163,7 +168,7 @@ def test_a_build_killed_half_way_is_built_again(tmp_path, reference):
     deadline = time.monotonic() + 300
     killed = False
     while time.monotonic() < deadline and proc.poll() is None and not killed:
-        pids = _builder_pids()
+        pids = _builder_pids(tmp_path)
         if pids and any(tmp_path.rglob("*.nbi")):
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)

@@ -63,7 +63,7 @@ def test_threaded_per_sample_sweep_equals_serial_bitwise(dtype):
         order = np.arange(X.shape[0], dtype=np.int64)
         loss = fused.sgd_per_sample(net.params, X, Y, order, 0, X.shape[0], dtype(0.05),
                                     net._layout, net._loss_code, np.zeros((2, S), dtype),
-                                    np.zeros(S, dtype), min_par)
+                                    np.zeros(S, dtype), min_par, 0.0)
         results.append((net.params.copy(), loss))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     assert results[0][1] == results[1][1]
@@ -127,7 +127,7 @@ def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
 
     def run(path, min_par, n_tasks):
         return lambda p, X, Y, o, xb, yb, a, d: knet.sgd_epoch(
-            path, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, min_par, n_tasks) * N
+            path, p, X, Y, o, B, lr, layout, loss, xb, yb, a, d, min_par, n_tasks)
 
     # min_par = 0: every layer kernel threaded, so the deferred path applies at any size
     plain = epoch(run("sgd-batches", 0, 2))
@@ -206,8 +206,9 @@ def test_deferred_epoch_on_permuted_runs_equals_the_plain_loop(kind, dtype):
     for min_par in (0, 4096):  # every layer threaded (plain loop), first layer only (deferred)
         params = p0.copy()
         acts = np.empty(B * (S + sizes[1]), dtype=dtype)
-        path = knet.sgd_epoch_path(B, params, layout, acts, min_par)
-        assert path == ("sgd-deferred" if min_par else "sgd-batches")
+        path = knet.sgd_epoch_path(B, params, layout, acts, min_par, order)
+        deferred = "sgd-deferred-slices" if kind == "runs" else "sgd-deferred"
+        assert path == (deferred if min_par else "sgd-batches")
         knet.sgd_epoch(path, params, X, Y, order, B, lr, layout, loss,
                        np.empty(B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
                        acts, np.empty(B * S, dtype=dtype), min_par, 2)
@@ -221,8 +222,9 @@ def test_deferred_epoch_on_permuted_runs_equals_the_plain_loop(kind, dtype):
 @pytest.mark.parametrize("B, min_par", [(1, 4096), (8, 4096), (8, 0)],
                          ids=["per-sample", "deferred", "plain"])
 def test_train_epoch_on_slices_of_the_order_is_the_whole_epoch(B, min_par, dtype):
-    """An epoch trains on the samples its ``order`` names: an epoch run as two calls on slices
-    of the order (what ``fit`` does) gives the one-call weights, bit for bit, and the same loss;
+    """An epoch trains on the samples its ``order`` names: an epoch run as calls on slices of
+    the order (what ``fit`` does), each given the last one's loss sum, gives the one-call
+    weights and loss sum, bit for bit;
     rows of X outside the order are never read. The compiled driver ``train_epoch`` (for the
     user's ``@njit`` code) takes the same path: the same numbers up to rounding (compiled as
     one unit with its callees, its sums may be associated differently)."""
@@ -244,19 +246,21 @@ def test_train_epoch_on_slices_of_the_order_is_the_whole_epoch(B, min_par, dtype
         return (np.empty(2 * B * sizes[0], dtype=dtype), np.empty(B * sizes[-1], dtype=dtype),
                 np.empty(max(B, 2) * S + B * sizes[1], dtype=dtype), np.empty(B * S, dtype=dtype))
 
-    def run(params, o):
+    def run(params, o, total=0.0):
         work = workspaces()
         path = knet.sgd_epoch_path(B, params, layout, work[2], min_par)
-        return knet.sgd_epoch(path, params, X, Y, o, B, lr, layout, loss, *work, min_par, 2)
+        return knet.sgd_epoch(path, params, X, Y, o, B, lr, layout, loss, *work, min_par, 2,
+                              total)
 
     whole = p0.copy()
-    mean = run(whole, order)
-    parts = p0.copy()
-    k = 24  # a multiple of the batch size (and even, as the per-sample path wants)
-    mean_parts = (run(parts, order[:k]) * k + run(parts, order[k:]) * (44 - k)) / 44
+    mean = run(whole, order) / 44
     assert np.isfinite(whole).all() and not np.array_equal(whole, p0)
-    np.testing.assert_array_equal(parts, whole)
-    assert mean_parts == pytest.approx(mean, rel=1e-12)
+    for cuts in ([24], [8, 16, 40]):  # multiples of the batch size (even, as per-sample wants)
+        parts, total = p0.copy(), 0.0
+        for a, b in zip([0] + cuts, cuts + [44]):
+            total = run(parts, order[a:b], total)
+        np.testing.assert_array_equal(parts, whole)
+        assert total / 44 == mean, cuts
     driver = p0.copy()
     mean_driver = knet.train_epoch(driver, driver, X, Y, order, B, lr, layout, loss, *workspaces(),
                                    min_par, 2)
@@ -299,10 +303,23 @@ def test_when_the_first_layer_step_is_deferred():
 
 
 def test_no_allocation_per_training_step():
-    """Numba runtime allocations during fit do not grow with the number of steps."""
+    """Numba runtime allocations during fit do not grow with the number of steps. An epoch
+    runs here in one piece: each kernel call makes a few (its per-call scratch), and ``fit``
+    makes one call per piece of about ``PIECE_SECONDS``, not per step."""
     script = textwrap.dedent("""
         import numpy as np, fastbp
+        import fastbp.model as M
         from numba.core.runtime import rtsys
+
+        class OnePiece(M._Pieces):
+            def __init__(self, unit, cap):
+                super().__init__(unit, cap)
+                self.size = self.cap
+
+            def update(self, n_done, seconds):
+                pass
+
+        M._Pieces = OnePiece
         rng = np.random.default_rng(0)
         counts = {}
         for B in (1, 4):

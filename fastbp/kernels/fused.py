@@ -176,9 +176,11 @@ def finish_sample(params, layout, cur, old, deltas, y, lr, loss, min_par):
 
 
 @jit()
-def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, deltas, min_par):
-    """Per-sample SGD over ``X[order[start:stop]]``; returns the sum of the per-sample losses,
-    each measured before its own update.
+def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, deltas, min_par,
+                   total):
+    """Per-sample SGD over ``X[order[start:stop]]``; returns ``total`` (float64) plus the
+    per-sample losses, each measured before its own update, added one by one: an epoch run in
+    pieces, each given the last one's total, sums exactly as one call.
 
     params (P,) flat parameters (updated in place), X (N, n_0), Y (N, n_L), order (N,) int64,
     lr of params' dtype, layout (L, 5), loss code, acts (2, S) and deltas (S,) workspaces;
@@ -187,7 +189,6 @@ def sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss, acts, del
     """
     w0, b0 = layer_params(params, layout, 0)
     n0 = w0.shape[0]
-    total = 0.0
     deltas[:] = 0
     acts[:] = 0
     # the first layer's older pending delta, sample t+1's raw sums, a scratch row
@@ -266,5 +267,5 @@ def sgd_hogwild(params, X, Y, order, lr, layout, loss, acts, deltas):
         stop = (N * (k + 1)) // T
         if stop > start:
             totals[k] = sgd_per_sample(params, X, Y, order, start, stop, lr, layout, loss,
-                                       acts[k], deltas[k], np.iinfo(np.int64).max)
+                                       acts[k], deltas[k], np.iinfo(np.int64).max, 0.0)
     return totals.sum()

@@ -242,22 +242,22 @@ def train_epoch(params, grads, X, Y, order, batch_size, lr, layout, loss, xbuf, 
     S = workspace_size(layout)
     if batch_size == 1:
         return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
-                              acts[:2 * S].reshape((2, S)), deltas[:S], min_par) / N
+                              acts[:2 * S].reshape((2, S)), deltas[:S], min_par, 0.0) / N
     if (acts.shape[0] >= batch_size * (S + layout[0, N_OUT])
             and defer_first_step(batch_size, params, layout, min_par)):
         return train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, ybuf,
                                     acts, deltas, min_par, n_tasks) / N
     return train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
-                         deltas, min_par) / N
+                         deltas, min_par, 0.0) / N
 
 
 @jit()
 def train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts, deltas,
-                  min_par):
+                  min_par, total):
     """``train_epoch``'s plain loop (no deferred step): forward, loss, backward with the fused
-    step, batch after batch; returns the loss sum."""
+    step, batch after batch; returns ``total`` (float64) plus the batches' loss sums, added one
+    by one (as ``sgd_per_sample``)."""
     N = order.shape[0]
-    total = 0.0
     for start in range(0, N, batch_size):
         x, y = batch_rows(X, Y, order, start, min(batch_size, N - start), xbuf, ybuf)
         out = forward_batch(acts, x, params, layout, min_par)
@@ -266,44 +266,47 @@ def train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf,
     return total
 
 
-def sgd_epoch_path(batch_size, params, layout, acts, min_par):
-    """Which of ``train_epoch``'s three paths an epoch of plain SGD takes, decided in Python so
-    that each compiles (and is cached) alone: ``'sgd-per-sample'``, ``'sgd-deferred'`` or
-    ``'sgd-batches'`` (the names of :mod:`fastbp._cache`'s kernel sets)."""
+def sgd_epoch_path(batch_size, params, layout, acts, min_par, order=None):
+    """Which of ``train_epoch``'s paths an epoch of plain SGD takes, decided in Python so that
+    each compiles (and is cached) alone: ``'sgd-per-sample'``, ``'sgd-deferred'`` (batches read
+    through their rows), ``'sgd-deferred-slices'`` (when the epoch's ``order`` is given and
+    every batch is a run of consecutive samples, read as slices of X) or ``'sgd-batches'``
+    (the names of :mod:`fastbp._cache`'s kernel sets)."""
     if batch_size == 1:
         return "sgd-per-sample"
     S = workspace_size(layout)
     if (acts.shape[0] >= batch_size * (S + layout[0, N_OUT])
             and defer_first_step(batch_size, params, layout, min_par)):
+        if order is not None and batches_are_slices(order, batch_size):
+            return "sgd-deferred-slices"
         return "sgd-deferred"
     return "sgd-batches"
 
 
 def sgd_epoch(path, params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts, deltas,
-              min_par, n_tasks):
+              min_par, n_tasks, total=0.0):
     """``train_epoch`` from Python along ``path`` (``sgd_epoch_path``): the same kernels on the
     same arguments, and the numbers of each kernel's own build (``train_epoch`` builds its
-    callees into itself: the same numbers up to rounding); returns the mean loss. The path's
-    kernel set is compiled (or loaded) on its first use (:mod:`fastbp._cache`)."""
+    callees into itself: the same numbers up to rounding). Returns ``total`` plus the loss sum
+    of these samples, added one by one (an epoch run in pieces, each given the last one's
+    total, gives one call's numbers bit for bit). The path's kernel set is compiled (or
+    loaded) on its first use (:mod:`fastbp._cache`)."""
+    total = float(total)
     from .. import _cache  # (here, not at the top: the kernels' digests leave _cache.py out)
-    if path == "sgd-deferred" and batches_are_slices(order, batch_size):
-        path = "sgd-deferred-slices"  # deferred_epoch's other build: a set of its own
     _cache.require(path, params.dtype)
     N = order.shape[0]
     if path == "sgd-per-sample":
         S = workspace_size(layout)
-        total = sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
-                               acts[:2 * S].reshape((2, S)), deltas[:S], min_par)
-    elif path == "sgd-deferred":
-        total = deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
-                               deltas, min_par, n_tasks, order)
-    elif path == "sgd-deferred-slices":
-        total = deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
-                               deltas, min_par, n_tasks, None)
-    else:
-        total = train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf,
-                              acts, deltas, min_par)
-    return total / N
+        return sgd_per_sample(params, X, Y, order, 0, N, lr, layout, loss,
+                              acts[:2 * S].reshape((2, S)), deltas[:S], min_par, total)
+    if path == "sgd-deferred":
+        return deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
+                              deltas, min_par, n_tasks, order, total)
+    if path == "sgd-deferred-slices":
+        return deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
+                              deltas, min_par, n_tasks, None, total)
+    return train_batches(params, X, Y, order, batch_size, lr, layout, loss, xbuf, ybuf, acts,
+                         deltas, min_par, total)
 
 
 @jit()
@@ -340,9 +343,9 @@ def train_epoch_deferred(params, X, Y, order, batch_size, lr, layout, loss, ybuf
     """
     if consecutive_batches(order, batch_size):
         return deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts,
-                              deltas, min_par, n_tasks, None)
+                              deltas, min_par, n_tasks, None, 0.0)
     return deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts, deltas,
-                          min_par, n_tasks, order)
+                          min_par, n_tasks, order, 0.0)
 
 
 @jit()
@@ -386,9 +389,10 @@ def _batch_input(X, order, start, B, by_rows):
 
 @jit()
 def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts, deltas,
-                   min_par, n_tasks, by_rows):
+                   min_par, n_tasks, by_rows, total):
     """``train_epoch_deferred``'s loop, compiled once for batches that are slices of ``X``
-    (``by_rows`` None) and once for batches read through their rows (``by_rows`` = order)."""
+    (``by_rows`` None) and once for batches read through their rows (``by_rows`` = order).
+    Returns ``total`` (float64) plus the batches' loss sums, added one by one."""
     N = order.shape[0]
     L = layout.shape[0]
     S = workspace_size(layout)
@@ -401,7 +405,6 @@ def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts
     m = w1.shape[0] if L > 1 else 0
     w1 = w1[:m]
     b1 = b1[:m]
-    total = 0.0
     # no batch (before the first one, and after the last), then the previous batch: its input,
     # a_0, and delta_0 and delta_1 in their slots of ``deltas``
     no_inp, no_rows = batch_input(X, order, 0, 0, by_rows)
