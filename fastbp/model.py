@@ -40,6 +40,12 @@ PROGRESS_UPDATES = 20
 PIECE_SECONDS = 0.03
 PIECE_WORK = 1e9
 
+# Parameters and training workspaces start on a cache line: a thread's share of a row (the
+# deferred first-layer region splits rows of W_1, a_0 and delta_0 between threads) then does
+# not share a line with another thread's. On 784-128-10, batch 32, the region took 74 us with
+# its buffers on a line and 81 us with them 16 bytes off.
+CACHE_LINE = 64
+
 
 class _Pieces:
     """The sizes of an epoch's pieces: whole batches (pairs of samples at batch size 1, where
@@ -56,11 +62,6 @@ class _Pieces:
         want = n_done * PIECE_SECONDS / seconds if seconds > 0 else 4 * self.size
         want = min(int(want), 4 * self.size, self.cap)
         self.size = max(self.unit, want // self.unit * self.unit)
-# Parameters and training workspaces start on a cache line: a thread's share of a row (the
-# deferred first-layer region splits rows of W_1, a_0 and delta_0 between threads) then does
-# not share a line with another thread's. On 784-128-10, batch 32, the region took 74 us with
-# its buffers on a line and 81 us with them 16 bytes off.
-CACHE_LINE = 64
 
 
 def aligned_zeros(n, dtype):
@@ -787,6 +788,7 @@ class MLP:
                         s2[...] = snap_s2
                         opt.step_count = snap_step
                         self._rng.bit_generator.state = snap_rng
+
                     if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
                         order[:] = identity  # one epoch then equal one run of k epochs
                         self._rng.shuffle(order)
