@@ -37,7 +37,7 @@ PROGRESS_UPDATES = 20
 # the speed of the last piece), and a forward pass over many rows in pieces of about
 # PIECE_WORK multiply-adds, so that Python gets control every few tens of milliseconds and
 # raises KeyboardInterrupt (docs/robustness.md, "Ctrl-C"; the cost: docs/performance.md).
-PIECE_SECONDS = 0.03
+PIECE_SECONDS = 0.05
 PIECE_WORK = 1e9
 
 # Parameters and training workspaces start on a cache line: a thread's share of a row (the
