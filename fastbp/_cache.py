@@ -3,8 +3,9 @@
 Nothing is compiled at ``import fastbp``. Each training or inference path of the Python API is
 a *kernel set* (``PATHS``: per-sample SGD, mini-batch SGD, the deferred mini-batch region for
 shuffled batches and for in-order ones, the other optimizers' segments, Hogwild, inference,
-gradients, the optimizers' ``step``), per dtype. The first call on a set that is not in the cache compiles that set, and only that set,
-then every later process loads it from disk in milliseconds.
+gradients, the optimizers' ``step``), per dtype. The first call on a set that is not in the
+cache compiles that set, and only that set, then every later process loads it from disk in
+milliseconds.
 
 Why a set is compiled in a child process. Numba (0.68 and earlier) can write a cache entry that
 crashes the *next* process that loads it: when a function that calls a parallel (``prange``)
