@@ -14,6 +14,9 @@ member              content
 ``training``        JSON: ``n_epochs``, ``n_steps``, ``rng_state``, ``loss_curve``,
                     ``optimizer_config`` and ``history`` (``MLP.get_training_state()``)
 ``optimizer.<k>``   the optimizer's state arrays (``step``, ``epoch``, ``m``, ``v``, ...)
+``metadata``        optional JSON object: what the caller of :func:`save` added (the
+                    ``fastbp`` command keeps the class names and the feature names there);
+                    :func:`load_metadata` reads it
 ==================  ==================================================================
 
 Loading rebuilds the network from ``config`` and checks every member against it (shapes, dtypes,
@@ -46,7 +49,7 @@ import numpy.lib.format as npformat
 FORMAT_NAME = "fastbp.MLP"
 FORMAT_VERSION = 1
 
-_META_KEYS = ("format", "format_version", "fastbp_version", "config", "training")
+_META_KEYS = ("format", "format_version", "fastbp_version", "config", "training", "metadata")
 _OPT_PREFIX = "optimizer."
 _MAX_MEMBERS = 64  # a model file has fewer than 20 members
 _TRAINING_KEYS = ("n_epochs", "n_steps", "rng_state", "loss_curve", "optimizer_config",
@@ -75,7 +78,7 @@ def _to_json(data):
     return json.dumps(data, default=_json_default, sort_keys=True)
 
 
-def model_arrays(net):
+def model_arrays(net, metadata=None):
     """The arrays of ``net``'s model file, as a dict (what :func:`save` writes)."""
     from . import __version__
 
@@ -88,6 +91,8 @@ def model_arrays(net):
               "training": np.array(_to_json(state))}
     for key, arr in opt_state.items():
         arrays[_OPT_PREFIX + key] = np.asarray(arr)
+    if metadata is not None:
+        arrays["metadata"] = np.array(_to_json(metadata))
     return arrays
 
 
@@ -95,10 +100,12 @@ def _write_archive(fileobj, arrays):
     np.savez(fileobj, **arrays)
 
 
-def save(net, path):
+def save(net, path, metadata=None):
     """Write ``net`` (parameters, architecture, dtype, optimizer state, history) to ``path``, an
     ``.npz`` archive without pickled objects. ``path`` is used as given (no suffix is added); a
-    writable binary file object also works (then the write is not atomic).
+    writable binary file object also works (then the write is not atomic). ``metadata``: an
+    optional dict of plain data (JSON: strings, numbers, lists, dicts) stored with the model and
+    read back by :func:`load_metadata`.
 
     The write is atomic: a temporary file in the target's directory, flushed and synced, then
     renamed over ``path``. If anything fails midway the previous file at ``path`` is untouched
@@ -109,7 +116,14 @@ def save(net, path):
         raise TypeError(f"save needs a fastbp.MLP, got {type(net).__name__}")
     if not np.isfinite(net.params).all():  # load would refuse such a file
         raise ValueError("cannot save a network whose parameters contain NaN or infinity")
-    arrays = model_arrays(net)
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+        try:
+            _to_json(metadata)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"metadata must be plain data (JSON): {exc}") from None
+    arrays = model_arrays(net, metadata)
     if hasattr(path, "write"):
         _write_archive(path, arrays)
         return
@@ -373,6 +387,8 @@ def _load_members(members):
     params = m.read()
     if not np.isfinite(params).all():
         raise ModelFileError("'params' contains NaN or infinity")
+    if "metadata" in members:
+        _read_metadata(members)
     training = members["training"].read_json("the training state")
     _check_training(training)
     training["optimizer_state"] = _read_optimizer_state(
@@ -385,6 +401,25 @@ def _load_members(members):
     return net
 
 
+def _read_metadata(members):
+    if "metadata" not in members:
+        return {}
+    metadata = members["metadata"].read_json("the metadata")
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"'metadata' must be a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def load_metadata(path):
+    """The ``metadata`` dict saved with the model at ``path`` (``{}`` when there is none).
+    Raises :class:`ModelFileError` as :func:`load` does for a file that is not a model file."""
+    def read(members):
+        _check_format(members)
+        return _read_metadata(members)
+
+    return _read_path(path, read)
+
+
 def load(path):
     """The :class:`~fastbp.MLP` saved at ``path`` (a file name or a readable binary file object)
     by :meth:`MLP.save <fastbp.MLP.save>`, with its optimizer state and history, ready to
@@ -394,21 +429,26 @@ def load(path):
     is truncated or corrupted, has an unsupported format version, or holds contents that do not
     fit its architecture (shapes, dtypes, unknown or missing entries); ``OSError`` when it cannot
     be opened. Loading never unpickles or executes anything from the file."""
+    return _read_path(path, _load_members)
+
+
+def _read_path(path, read):
+    """``read(members)`` of the archive at ``path`` (a name or a readable binary file)."""
     if hasattr(path, "read"):
-        return _load_file(path, repr(path))
+        return _read_archive(path, repr(path), read)
     try:
         name = os.fspath(path)
     except TypeError:
         raise TypeError("path must be a file name (str or os.PathLike) or a readable binary "
                         f"file object, got {type(path).__name__}") from None
     with open(name, "rb") as f:
-        return _load_file(f, repr(os.fsdecode(name)))
+        return _read_archive(f, repr(os.fsdecode(name)), read)
 
 
-def _load_file(f, where):
+def _read_archive(f, where, read):
     try:
         with zipfile.ZipFile(f) as zf:
-            return _load_members(_open_members(zf))
+            return read(_open_members(zf))
     except ModelFileError as exc:
         raise ModelFileError(f"{where}: {exc}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError,

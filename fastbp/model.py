@@ -284,12 +284,13 @@ class MLP:
                 "dtype": self.dtype.name, "seed": self.seed}
 
     # ---- persistence (fastbp.io): an .npz without pickled objects ---------------------------
-    def save(self, path):
+    def save(self, path, metadata=None):
         """Write the network (parameters, architecture, dtype, optimizer state, history) to
         ``path`` atomically; ``fastbp.load(path)`` restores it, and ``partial_fit`` on the
-        loaded network continues training exactly. See :mod:`fastbp.io`."""
+        loaded network continues training exactly. ``metadata``: an optional dict of plain data
+        kept in the file (:func:`fastbp.io.load_metadata`). See :mod:`fastbp.io`."""
         from . import io
-        io.save(self, path)
+        io.save(self, path, metadata)
 
     # ---- pickling: the views are rebuilt from the flat buffer ------------------------------
     def __getstate__(self):

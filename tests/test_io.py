@@ -600,3 +600,31 @@ def test_deepcopy_trains_identically_and_independently(rng):
         net.partial_fit(X, y, batch_size=8)
     np.testing.assert_array_equal(net.params, twin.params)
     assert net.loss_curve_ == twin.loss_curve_
+
+
+# ---- metadata -----------------------------------------------------------------------------------
+def test_metadata_roundtrip_and_errors(tmp_path, saved):
+    net, path = saved
+    assert fastbp.io.load_metadata(path) == {}  # a file saved without metadata
+    meta = {"classes": ["no", "yes", 3], "names": None, "nested": {"a": [1.5, 2]}}
+    net.save(tmp_path / "meta.npz", metadata=meta)
+    assert fastbp.io.load_metadata(tmp_path / "meta.npz") == meta
+    with open(tmp_path / "meta.npz", "rb") as f:
+        assert fastbp.io.load_metadata(f) == meta
+    assert_same_model(fastbp.load(tmp_path / "meta.npz"), net)  # the model loads as before
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        net.save(tmp_path / "x.npz", metadata=["a"])
+    with pytest.raises(TypeError, match="plain data"):
+        net.save(tmp_path / "x.npz", metadata={"f": object()})
+    assert not (tmp_path / "x.npz").exists()
+    arrays = members(tmp_path / "meta.npz")
+    arrays["metadata"] = np.array("[1, 2]")
+    bad = rewrite(tmp_path, arrays)
+    for read in (fastbp.load, fastbp.io.load_metadata):
+        with pytest.raises(ModelFileError, match="'metadata' must be a JSON object"):
+            read(bad)
+    arrays["metadata"] = np.array("{not json")
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        fastbp.io.load_metadata(rewrite(tmp_path, arrays))
+    with pytest.raises(ModelFileError, match="not a fastbp model file"):
+        fastbp.io.load_metadata(rewrite(tmp_path, {"x": np.zeros(2)}))

@@ -174,18 +174,18 @@ def _csv(text):
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(
-        prog="python -m fastbp bench",
-        description="Training throughput of fastbp against NumPy, PyTorch and JAX on the seed "
+def add_arguments(p):
+    """Add ``fastbp bench``'s options to parser ``p`` (also used by ``fastbp --help`` and the
+    docs' CLI reference)."""
+    p.description = ("Training throughput of fastbp against NumPy, PyTorch and JAX on the seed "
                     "network (sigmoid, 1/2||a-y||^2, plain SGD, no shuffling, fixed random data). "
                     "Every engine runs in a fresh process per measurement: a warm-up epoch, "
                     "then timed epochs. Reports median samples/s over the rounds, startup time "
                     "(process start to the end of the first epoch, data generation excluded), "
-                    "peak RSS, and fastbp's ratio to each engine.",
-        epilog="workloads: " + "; ".join(
-            f"{w.name} ({'-'.join(map(str, w.layers))}, batch {w.batch}, {w.n_samples} samples)"
-            for w in WORKLOADS.values()))
+                    "peak RSS, and fastbp's ratio to each engine.")
+    p.epilog = "workloads: " + "; ".join(
+        f"{w.name} ({'-'.join(map(str, w.layers))}, batch {w.batch}, {w.n_samples} samples)"
+        for w in WORKLOADS.values())
     p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS),
                    help="comma-separated workload names (default: %(default)s)")
     p.add_argument("--engines", default=None,
@@ -208,6 +208,11 @@ def parse_args(argv):
                         "of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--list", action="store_true", help="list workloads and engines, then exit")
+    return p
+
+
+def parse_args(argv, prog="fastbp bench"):
+    p = add_arguments(argparse.ArgumentParser(prog=prog))
     args = p.parse_args(argv)
     for name in ("rounds", "threads", "epochs"):
         if getattr(args, name) < 1:
