@@ -149,6 +149,14 @@ def test_train_digits_options(tmp_path):
     assert "epoch 3" in proc.stderr  # per-epoch lines go to stderr with --json
 
 
+def test_progress_bar_on_request():
+    proc = run("train", "--epochs", 2, "--progress", check=0)
+    assert "epoch 2" in proc.stderr and "samples/s" in proc.stderr and "loss" in proc.stderr
+    assert "epoch 1 " not in proc.stdout  # the bar replaces the epoch lines
+    quiet = run("train", "--epochs", 2, "--quiet", check=0)
+    assert "epoch" not in quiet.stderr and "epoch 1 " not in quiet.stdout
+
+
 def test_plot_without_matplotlib_still_trains(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None; from fastbp.cli import main; "
             f"sys.exit(main(['train', '--epochs', '1', '--quiet', '--plot', "

@@ -53,6 +53,23 @@ WORKLOADS = _workloads(
              description="odd layer sizes, odd batch"),
     Workload("mnist-b256", (784, 128, 10), 256, n_samples=32768,
              description="MNIST-sized network, large batches"),
+    # Sweeps for the docs' plots (docs/bench): batch size on 784-128-10 (with seed-b1,
+    # mnist-b32 and mnist-b256), and hidden width at batch 32 (with mnist-b32).
+    Workload("mnist-b8", (784, 128, 10), 8, n_samples=16384,
+             description="MNIST-sized network, mini-batches of 8"),
+    Workload("w32-b32", (784, 32, 10), 32, n_samples=32768,
+             description="narrow hidden layer (32), mini-batches of 32"),
+    Workload("w512-b32", (784, 512, 10), 32, n_samples=8192,
+             description="wide hidden layer (512), mini-batches of 32"),
+    Workload("w1024-b32", (784, 1024, 10), 32, n_samples=4096,
+             description="wider hidden layer (1024), mini-batches of 32"),
+    # Big layers and big batches (the Speed II issue): far bigger than the caches.
+    Workload("wide-b128", (784, 512, 10), 128, n_samples=8192,
+             description="wide hidden layer (512), batches of 128"),
+    Workload("deep-b256", (784, 1024, 1024, 10), 256, n_samples=2048,
+             description="two hidden layers of 1024, batches of 256"),
+    Workload("deep-b1024", (784, 1024, 1024, 10), 1024, n_samples=4096,
+             description="two hidden layers of 1024, batches of 1024"),
     # Small problems for the tests: not benchmarks. test-ragged ends on a batch of 1.
     Workload("test-tiny", (6, 5, 3), 2, lr=0.1, n_samples=16,
              description="test problem"),
