@@ -174,6 +174,8 @@ class MLP:
     seed : int or None
         Seeds the initial weights and the shuffling in ``fit``.
 
+    Notes
+    -----
     Initialization: weights are drawn uniformly from ``[-r, r]`` in float64 and then rounded to
     ``dtype`` (so both dtypes start from the same network), with Glorot's
     ``r = sqrt(6 / (fan_in + fan_out))`` for tanh and identity, ``sqrt(2 / (fan_in + fan_out))``
@@ -482,51 +484,78 @@ class MLP:
 
         Parameters
         ----------
-        X : (N, n) array; Y : (N, m) targets or (N,) integer class labels.
-        epochs : passes over the data. batch_size : samples per update (1: per-sample SGD, the
-            seed algorithm; the last batch of an epoch may be smaller).
-        lr : the base learning rate with an optimizer given by name; ``None``: the optimizer's
+        X : (N, n) array
+            The inputs.
+        Y : (N, m) array or (N,) integer array
+            Targets, or integer class labels (one-hot encoded inside).
+        epochs : int
+            Passes over the data.
+        batch_size : int
+            Samples per update (1: per-sample SGD, the seed algorithm; the last batch of an
+            epoch may be smaller).
+        lr : float or None
+            The base learning rate with an optimizer given by name; ``None``: the optimizer's
             default (0.1 for 'sgd', 0.001 for 'adam' and 'adamw').
-        optimizer : 'sgd', 'adam', 'adamw', a :mod:`fastbp.optim` optimizer object (used as a
+        optimizer : str, Optimizer or dict
+            'sgd', 'adam', 'adamw', a :mod:`fastbp.optim` optimizer object (used as a
             template: training uses a copy with fresh state, ``net.optimizer_``) or a config
             dict such as ``{"name": "sgd", "momentum": 0.9}``. Each ``fit`` starts the optimizer
             afresh (its moments, step count and schedule); ``partial_fit`` continues it.
-        shuffle : visit the samples in a new random order each epoch, drawn from the model's
+        shuffle : bool
+            Visit the samples in a new random order each epoch, drawn from the model's
             generator (seeded by ``MLP(seed=...)``, or by ``random_state``).
-        random_state : int or None. An int reseeds the model's generator before training (so
-            the shuffles and the validation split are reproducible); None continues it.
-        validation_data : ``(X_val, Y_val)`` or ``(X_val, Y_val, sample_weight_val)``, evaluated
-            after each epoch (loss and metric into the history).
-        validation_split : fraction in [0, 1) of the samples held out (chosen at random from the
-            model's generator) as validation data; not with ``validation_data``.
-        early_stopping : None, True (``EarlyStopping()``: patience 10 on the validation loss, or
-            the training loss without validation data, restoring the best weights), an int (the
+        random_state : int or None
+            An int reseeds the model's generator before training (so the shuffles and the
+            validation split are reproducible); None continues it.
+        validation_data : tuple or None
+            ``(X_val, Y_val)`` or ``(X_val, Y_val, sample_weight_val)``, evaluated after each
+            epoch (loss and metric into the history).
+        validation_split : float
+            Fraction in [0, 1) of the samples held out (chosen at random from the model's
+            generator) as validation data; not with ``validation_data``.
+        early_stopping : None, bool, int or EarlyStopping
+            None, True (``EarlyStopping()``: patience 10 on the validation loss, or the
+            training loss without validation data, restoring the best weights), an int (the
             patience) or a :class:`~fastbp.callbacks.EarlyStopping`.
-        callbacks : callbacks (:class:`~fastbp.callbacks.Callback` objects or functions
+        callbacks : sequence
+            Callbacks (:class:`~fastbp.callbacks.Callback` objects or functions
             ``f(epoch, history, model)``) called after each epoch; a truthy return stops.
-        sample_weight : (N,) non-negative weights of each sample's loss: a batch's loss is
+        sample_weight : (N,) array or None
+            Non-negative weights of each sample's loss: a batch's loss is
             ``sum_b w_b loss_b / sum_b w_b`` (scikit-learn's convention).
-        progress : draw a progress bar per epoch (tqdm if installed, else a text bar).
-        verbose : 1 prints one line per epoch.
-        deterministic : results that cannot depend on the thread count. Every kernel splits its
+        progress : bool
+            Draw a progress bar per epoch (tqdm if installed, else a text bar).
+        verbose : int
+            1 prints one line per epoch.
+        deterministic : bool
+            Results that cannot depend on the thread count. Every kernel splits its
             work among threads by ownership (no atomics, no cross-thread reductions), so results
             already do not depend on the number of threads; what the thread count does change
             is whether a small layer runs its serial or its threaded compilation (with 1 thread:
             always serial). The two compile the same loops and agree bitwise in the tests, but
             that is the compiler's choice; ``deterministic=True`` makes the choice by work size
             only, whatever the thread count, so that no result depends on it.
-        hogwild : lock-free parallel per-sample SGD ("Hogwild!", Niu et al. 2011): with
+        hogwild : bool
+            Lock-free parallel per-sample SGD ("Hogwild!", Niu et al. 2011): with
             ``batch_size=1`` and plain SGD, each of fastbp's threads trains on its own share of
             the epoch's samples, all updating the shared weights without locks. Faster on
             several cores, but not reproducible (updates of different threads may overwrite
             each other). With one thread it is the ordinary per-sample path.
-        on_divergence : what happens when an epoch ends with a NaN or infinite loss or weights.
-            Either way the epoch is undone: the weights, the optimizer state and the model's
-            generator go back to what they were when that epoch began (the last finite ones),
-            and the epoch is not recorded. ``'raise'`` (the default) then raises
+        on_divergence : {'raise', 'stop'}
+            What happens when an epoch ends with a NaN or infinite loss or weights. Either way
+            the epoch is undone: the weights, the optimizer state and the model's generator go
+            back to what they were when that epoch began (the last finite ones), and the epoch
+            is not recorded. ``'raise'`` (the default) then raises
             ``FloatingPointError``; ``'stop'`` ends training quietly and sets
             ``history.diverged_epoch`` to that epoch's number.
 
+        Returns
+        -------
+        History
+            The per-epoch records of this fit, also ``net.history_``.
+
+        Notes
+        -----
         Reproducibility: with the same seed/random_state and arguments, two fits give bitwise
         identical weights. Results change with the dtype, with the batch size, with the kernel
         path (plain SGD runs the fused kernels of ``kernels.network.train_epoch``; momentum,
@@ -599,12 +628,24 @@ class MLP:
         ``net.history_``: ``k`` calls give bitwise the weights of one ``fit`` of ``k`` epochs
         with the same arguments (from the same starting state, same dtype).
 
-        optimizer : None continues ``net.optimizer_`` (the first call starts SGD, or what
-            ``lr`` says); an optimizer (name, object or dict) whose configuration equals the
-            current one's also continues it; a different one starts fresh.
-        lr : with ``optimizer=None``, sets the base learning rate of the continuing optimizer
+        Parameters
+        ----------
+        optimizer : None, str, Optimizer or dict
+            None continues ``net.optimizer_`` (the first call starts SGD, or what ``lr``
+            says); an optimizer (name, object or dict) whose configuration equals the current
+            one's also continues it; a different one starts fresh.
+        lr : float or None
+            With ``optimizer=None``, sets the base learning rate of the continuing optimizer
             (its state is kept); with a name, as in ``fit``.
-        The other arguments are as in ``fit``.
+        X, Y, batch_size, shuffle, sample_weight, validation_data, callbacks
+            As in :meth:`fit`.
+        progress, verbose, deterministic, on_divergence
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        MLP
+            ``self``.
         """
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
