@@ -9,7 +9,6 @@ import copy
 import functools
 import math
 import threading
-import time
 
 import numpy as np
 
@@ -17,60 +16,19 @@ from . import _cache
 from . import _validation as V
 from . import optim as _optim
 from ._threads import get_num_threads, kernel_scope
-from .callbacks import EarlyStopping, History, Progress, make_callbacks
+from .callbacks import EarlyStopping, History, make_callbacks
 from .kernels import network as knet
-from .kernels import optim as kopt
-from .kernels import train as ktrain
-from .kernels.fused import sgd_hogwild
-from .kernels.activations import ACTIVATIONS, IDENTITY, RELU, SIGMOID, SOFTMAX, TANH
-from .kernels.losses import BCE, CROSS_ENTROPY, LOSSES, MSE, loss_sum
-
-# Rows pushed through the network at once by forward/predict/loss: bounds their workspace.
-PREDICT_CHUNK = 1024
+from .kernels.activations import ACTIVATIONS, RELU, SIGMOID
+from .kernels.losses import BCE, CROSS_ENTROPY, LOSSES, loss_sum
+from .training import CACHE_LINE, PREDICT_CHUNK, aligned_zeros, train
 
 HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "identity")
 OPTIMIZERS = tuple(_optim.OPTIMIZERS)
 
-# A progress bar is redrawn about this many times per epoch (the epoch runs in that many pieces).
-PROGRESS_UPDATES = 20
-# Compiled code cannot see a Ctrl-C: an epoch runs in pieces of about PIECE_SECONDS (sized from
-# the speed of the last piece), and a forward pass over many rows in pieces of about
-# PIECE_WORK multiply-adds, so that Python gets control every few tens of milliseconds and
-# raises KeyboardInterrupt (docs/robustness.md, "Ctrl-C"; the cost: docs/performance.md).
-PIECE_SECONDS = 0.05
+# A forward pass over many rows runs in pieces of about PIECE_WORK multiply-adds, so that Python
+# gets control every few tens of milliseconds and raises KeyboardInterrupt (docs/robustness.md,
+# "Ctrl-C"); an epoch runs in pieces too (fastbp.training).
 PIECE_WORK = 1e9
-
-# Parameters and training workspaces start on a cache line: a thread's share of a row (the
-# deferred first-layer region splits rows of W_1, a_0 and delta_0 between threads) then does
-# not share a line with another thread's. On 784-128-10, batch 32, the region took 74 us with
-# its buffers on a line and 81 us with them 16 bytes off.
-CACHE_LINE = 64
-
-
-class _Pieces:
-    """The sizes of an epoch's pieces: whole batches (pairs of samples at batch size 1, where
-    the fused kernels flush their pending step), about ``PIECE_SECONDS`` each. The first piece
-    of a fit is one unit; each next one follows the last one's speed, growing at most 4 times.
-    Neither the weights nor the loss depend on the pieces (the kernels carry the loss sum on)."""
-
-    def __init__(self, unit, cap):
-        self.unit = unit
-        self.cap = max(unit, cap // unit * unit)
-        self.size = unit
-
-    def update(self, n_done, seconds):
-        want = n_done * PIECE_SECONDS / seconds if seconds > 0 else 4 * self.size
-        want = min(int(want), 4 * self.size, self.cap)
-        self.size = max(self.unit, want // self.unit * self.unit)
-
-
-def aligned_zeros(n, dtype):
-    """A zero-filled 1-D array of ``n`` elements of ``dtype`` whose data starts on a
-    ``CACHE_LINE`` boundary (a view into a slightly larger array)."""
-    dtype = np.dtype(dtype)
-    raw = np.zeros(n + CACHE_LINE // dtype.itemsize, dtype=dtype)
-    skip = (-raw.ctypes.data % CACHE_LINE) // dtype.itemsize
-    return raw[skip:skip + n]
 
 
 class _TrainingGuard:
@@ -614,7 +572,7 @@ class MLP:
         self._rng = rng
         self.optimizer_ = opt
         self.history_ = History(self.metric_name)
-        self._train(X, Y, sw, val, epochs, callbacks, **run)
+        train(self, X, Y, sw, val, epochs, callbacks, **run)
         return self.history_
 
     @_exclusive("MLP.partial_fit", trains=True)
@@ -672,7 +630,7 @@ class MLP:
         self.optimizer_ = current
         if self.history_ is None:
             self.history_ = History(self.metric_name)
-        self._train(X, Y, sw, val, 1, callbacks, **run)
+        train(self, X, Y, sw, val, 1, callbacks, **run)
         return self
 
     # ---- training state as plain data -------------------------------------------------------
@@ -771,168 +729,10 @@ class MLP:
                 "verbose": int(verbose), "deterministic": bool(deterministic),
                 "hogwild": bool(hogwild), "on_divergence": on_divergence}
 
-    def _train(self, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, verbose,
-               deterministic, hogwild, on_divergence):
-        """The epoch loop shared by ``fit`` and ``partial_fit``; everything is allocated here,
-        once, before the first epoch."""
-        opt, hist = self.optimizer_, self.history_
-        params, layout, code, dtype = self._params, self._layout, self._loss_code, self.dtype
-        N = X.shape[0]
-        B = min(batch_size, N)
-        S = knet.workspace_size(layout)
-        fast = opt.is_plain_sgd() and sw is None
-        grads = aligned_zeros(params.shape[0], dtype)
-        xbuf = aligned_zeros(B * self.layer_sizes[0], dtype)
-        ybuf = aligned_zeros(B * self.layer_sizes[-1], dtype)
-        # the per-sample path needs two samples, the deferred one a second a_0 (train_epoch)
-        acts = aligned_zeros(max(B, 2) * S + B * self.layer_sizes[1], dtype)
-        deltas = aligned_zeros(B * S, dtype)
-        identity = np.arange(N, dtype=np.int64)
-        order = identity.copy()
-        empty = np.empty(0, dtype=dtype)
-        sw_arr = empty if sw is None else sw
-        wbuf = np.empty(B if sw is not None else 0, dtype=dtype)
-        wtotal = float(N) if sw is None else float(sw.sum(dtype=np.float64))
-        kind, hp, s1, s2 = opt.kernel_args(params.shape[0], dtype)
-        # The state at the start of each epoch, put back if the epoch diverges.
-        snap_params, snap_s1, snap_s2 = np.empty_like(params), np.empty_like(s1), np.empty_like(s2)
-        # An epoch runs in pieces (_Pieces), at least PROGRESS_UPDATES of them to draw a bar.
-        n_batches = -(-N // B)
-        cap = B * (-(-n_batches // PROGRESS_UPDATES) if progress else n_batches)
-        pieces = _Pieces(2 if B == 1 else B, cap + cap % 2 if B == 1 else cap)
-        if hogwild:  # one per-sample workspace per thread
-            T = max(1, min(get_num_threads(), N))
-            acts_h = np.empty((T, 2, S), dtype=dtype)
-            deltas_h = np.empty((T, S), dtype=dtype)
-        if val is not None:
-            Xv, Yv, swv = val
-            out_v = np.empty((Xv.shape[0], self.layer_sizes[-1]), dtype=dtype)
-            chunk_v = min(Xv.shape[0], PREDICT_CHUNK)
-            acts_v = np.empty(chunk_v * S, dtype=dtype)
-            swv_arr = empty if swv is None else swv
-            wv_total = float(Xv.shape[0]) if swv is None else float(swv.sum(dtype=np.float64))
-        show = Progress(progress, verbose, self.metric_name)
-        for cb in callbacks:
-            cb.on_train_begin(self, hist)
-        try:
-            with kernel_scope(deterministic) as min_par:
-                n_tasks = 1 if min_par == knet.SERIAL_ONLY else get_num_threads()
-                for _ in range(epochs):
-                    lr = opt.current_lr()
-                    snap_params[...] = params
-                    snap_s1[...] = s1
-                    snap_s2[...] = s2
-                    snap_step, snap_rng = opt.step_count, self._rng.bit_generator.state
-
-                    def restore():
-                        params[...] = snap_params
-                        s1[...] = snap_s1
-                        s2[...] = snap_s2
-                        opt.step_count = snap_step
-                        self._rng.bit_generator.state = snap_rng
-
-                    if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
-                        order[:] = identity  # one epoch then equal one run of k epochs
-                        self._rng.shuffle(order)
-                    show.begin_epoch(self.n_epochs_ + 1, N)
-                    t0 = time.perf_counter()
-                    try:
-                        if fast:
-                            lr_t = dtype.type(lr)
-                            if hogwild and min_par != knet.SERIAL_ONLY:
-                                _cache.require("sgd-hogwild", dtype)
-                                path = None
-                            else:
-                                path = knet.sgd_epoch_path(B, params, layout, acts, min_par,
-                                                           order)
-                            total, start = 0.0, 0
-                            while start < N:
-                                stop = min(start + pieces.size, N)
-                                t_piece = time.perf_counter()
-                                if path is None:
-                                    total += float(sgd_hogwild(
-                                        params, X, Y, order[start:stop], lr_t, layout, code,
-                                        acts_h, deltas_h))
-                                else:
-                                    total = knet.sgd_epoch(
-                                        path, params, X, Y, order[start:stop], B, lr_t, layout,
-                                        code, xbuf, ybuf, acts, deltas, min_par, n_tasks, total)
-                                pieces.update(stop - start, time.perf_counter() - t_piece)
-                                if progress:
-                                    show.advance(stop - start, total / stop)
-                                start = stop
-                            loss = total / N
-                            step = opt.step_count + n_batches
-                        else:
-                            hp[kopt.HP_LR] = lr
-                            _cache.require("train-segment", dtype)
-                            total, step, start, seen = 0.0, opt.step_count, 0, 0.0
-                            while start < N:
-                                stop = min(start + pieces.size, N)
-                                t_piece = time.perf_counter()
-                                total, step = ktrain.train_segment(
-                                    params, grads, X, Y, sw_arr, order, start, stop, B, layout,
-                                    code, kind, hp, s1, s2, step, total, xbuf, ybuf, wbuf, acts,
-                                    deltas, min_par)
-                                pieces.update(stop - start, time.perf_counter() - t_piece)
-                                if progress:
-                                    seen += stop - start if sw is None else float(
-                                        sw[order[start:stop]].sum(dtype=np.float64))
-                                    show.advance(stop - start, total / seen if seen > 0 else 0.0)
-                                start = stop
-                            loss = float(total) / wtotal
-                        seconds = time.perf_counter() - t0
-                        diverged = not math.isfinite(loss) or V._first_nonfinite(params) >= 0
-                        val_loss = val_metric = math.nan
-                        if val is not None and not diverged:
-                            _cache.require("predict", dtype)
-                            knet.predict_into(out_v, Xv, params, layout, acts_v, chunk_v,
-                                              min_par)
-                            val_loss = float(ktrain.evaluate_loss(
-                                out_v, Yv, swv_arr, code)) / wv_total
-                            val_metric = self._metric(out_v, Yv, swv)
-                    except KeyboardInterrupt:  # back to the end of the last finished epoch
-                        restore()
-                        raise
-                    if diverged:
-                        restore()  # the last finite state
-                        epoch = self.n_epochs_ + 1
-                        if on_divergence == "stop":
-                            hist.diverged_epoch = epoch
-                            break
-                        what = "loss" if not math.isfinite(loss) else "weights"
-                        raise FloatingPointError(
-                            f"training diverged in epoch {epoch} (lr {lr:g}): the {what} became "
-                            "NaN or infinite. The weights and optimizer state are those from "
-                            "before that epoch (the last finite ones); lower the learning rate "
-                            "or scale the inputs (fit(..., on_divergence='stop') stops quietly)")
-                    # the epoch is finished: its records, in a few statements
-                    self.n_steps_ += step - opt.step_count
-                    opt.step_count = step
-                    self.n_epochs_ += 1
-                    self.loss_curve_.append(loss)
-                    row = {"epoch": self.n_epochs_, "loss": loss, "val_loss": val_loss,
-                           "val_metric": val_metric, "lr": lr, "seconds": seconds,
-                           "samples_per_s": N / seconds if seconds > 0 else math.inf}
-                    hist.append(**row)
-                    show.end_epoch(row)
-                    opt.end_epoch({"loss": loss, "lr": lr,
-                                   "val_loss": None if val is None else val_loss})
-                    stop_now = False
-                    for cb in callbacks:
-                        stop_now = bool(cb.on_epoch_end(self.n_epochs_, hist, self)) or stop_now
-                    if stop_now:
-                        hist.stopped_epoch = self.n_epochs_
-                        break
-        finally:
-            show.close()
-        for cb in callbacks:
-            cb.on_train_end(self, hist)
-
     def _check_training(self, X, sw, val, callbacks, opt, run):
         """The checks that need the whole training setup, made before ``fit``/``partial_fit``
         change any state: validation data for the callbacks and schedule that watch it, and
-        the memory of ``_train``'s buffers (``MemoryError`` before anything is allocated)."""
+        the memory of the training buffers (``fastbp.training``) (``MemoryError`` before anything is allocated)."""
         if val is None:
             needs = [f"EarlyStopping(monitor={cb.monitor!r})" for cb in callbacks
                      if isinstance(cb, EarlyStopping) and cb.monitor.startswith("val")]

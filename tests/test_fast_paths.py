@@ -308,7 +308,7 @@ def test_no_allocation_per_training_step():
     makes one call per piece of about ``PIECE_SECONDS``, not per step."""
     script = textwrap.dedent("""
         import numpy as np, fastbp
-        import fastbp.model as M
+        import fastbp.training as M
         from numba.core.runtime import rtsys
 
         class OnePiece(M._Pieces):
