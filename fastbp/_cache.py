@@ -65,6 +65,7 @@ PATHS = {
     "predict": ("inference (forward, predict, loss, validation)", 11),
     "gradients": ("gradients", 14),
     "optimizer-step": ("optimizer steps", 3),
+    "data-parallel": ("data-parallel training (fit with comm=...)", 12),
 }
 
 _lock = threading.Lock()
@@ -322,6 +323,10 @@ def run_path(path, dtype):
             net.loss(X, y)
         elif path == "gradients":
             net.gradients(X, y)
+        elif path == "data-parallel":
+            from .training import LocalComm
+            net.fit(X, y, epochs=1, batch_size=2, optimizer="adam", sample_weight=np.ones(6),
+                    comm=LocalComm())
         elif path == "optimizer-step":
             params = np.zeros(4, dtype=dt)
             for opt in (SGD(momentum=0.9), Adam()):

@@ -40,7 +40,18 @@ def config_dict():
         "compiled_sets": _cache.compiled_sets() if _config.CACHE and not _config.UNCACHED
         else [],
         "fastmath": sorted(_config.FASTMATH),
+        "mpi": _mpi(),
     }
+
+
+def _mpi():
+    """Rank and size of MPI.COMM_WORLD once mpi4py's MPI is imported (importing it would
+    initialize MPI, so this does not)."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None:
+        return "not in use (mpi4py.MPI not imported)"
+    world = mpi.COMM_WORLD
+    return f"rank {world.Get_rank()} of {world.Get_size()}"
 
 
 def show_config(file=None):

@@ -337,6 +337,10 @@ def _train(a):
     from .callbacks import epoch_line
 
     _check_train_args(a)
+    comm = _mpi_world()
+    if comm is not None and comm.Get_rank() > 0:  # rank 0 alone prints, plots and saves
+        sys.stdout = open(os.devnull, "w")
+        a.progress, a.plot = False, None
     out = sys.stderr if a.json else sys.stdout  # with --json, stdout holds the JSON only
     plot = a.plot
     if plot and not _have_matplotlib():
@@ -397,6 +401,7 @@ def _train(a):
     try:
         with _threads(a.threads):
             net.fit(Xt, Yt, epochs=a.epochs, batch_size=a.batch_size, optimizer=optimizer,
+                    comm=comm,
                     shuffle=a.shuffle, validation_data=None if val is None else val[:2],
                     early_stopping=a.early_stopping, callbacks=[after_epoch], progress=progress)
     except KeyboardInterrupt:  # the model is the one of the last finished epoch
@@ -410,7 +415,7 @@ def _train(a):
         print(f"fastbp train: interrupted after {net.n_epochs_} finished epochs",
               file=sys.stderr)
         if a.save and net.n_epochs_ > 0:
-            net.save(a.save, metadata=metadata)
+            net.save(a.save, metadata=metadata, comm=comm)
             print(f"saved the model of epoch {net.n_epochs_} to {a.save}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
@@ -428,7 +433,7 @@ def _train(a):
     print(f"{len(history)} epochs in {seconds:.2f} s ({rate:,.0f} samples/s, compiling or "
           f"loading the kernels included{stopped})", file=out)
     if a.save:
-        net.save(a.save, metadata=metadata)
+        net.save(a.save, metadata=metadata, comm=comm)
         print(f"saved the model to {a.save}", file=out)
     curves = history.to_dict()
     if track:
@@ -441,6 +446,22 @@ def _train(a):
                                      "task": task, "classes": classes, "seconds": seconds,
                                      "model": a.save}), indent=2))
     return 0
+
+
+def _mpi_world():
+    """MPI.COMM_WORLD when mpiexec started this command as several processes, else None: then
+    every rank reads the data, trains its share of each batch (``fit(..., comm=...)``) and
+    rank 0 prints and saves."""
+    size = next((os.environ[k] for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
+                 if k in os.environ), "1")
+    if not size.isdigit() or int(size) < 2:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise CliError(f"started by mpiexec as {size} processes, but mpi4py is not installed: "
+                       "pip install 'fastbp[mpi]'") from None
+    return MPI.COMM_WORLD
 
 
 def _default_lr(optimizer, task):

@@ -244,13 +244,18 @@ class MLP:
                 "dtype": self.dtype.name, "seed": self.seed}
 
     # ---- persistence (fastbp.io): an .npz without pickled objects ---------------------------
-    def save(self, path, metadata=None):
+    def save(self, path, metadata=None, comm=None):
         """Write the network (parameters, architecture, dtype, optimizer state, history) to
         ``path`` atomically; ``fastbp.load(path)`` restores it, and ``partial_fit`` on the
         loaded network continues training exactly. ``metadata``: an optional dict of plain data
-        kept in the file (:func:`fastbp.io.load_metadata`). See :mod:`fastbp.io`."""
+        kept in the file (:func:`fastbp.io.load_metadata`). ``comm``: after data-parallel
+        training, rank 0 writes and every rank returns once the file is there. See
+        :mod:`fastbp.io`."""
         from . import io
-        io.save(self, path, metadata)
+        if comm is None or comm.Get_rank() == 0:
+            io.save(self, path, metadata)
+        if comm is not None and comm.Get_size() > 1:
+            comm.Barrier()
 
     # ---- pickling: the views are rebuilt from the flat buffer ------------------------------
     def __getstate__(self):
@@ -436,7 +441,7 @@ class MLP:
     def fit(self, X, Y, epochs=1, batch_size=1, lr=None, optimizer="sgd", shuffle=True, *,
             random_state=None, validation_data=None, validation_split=0.0, early_stopping=None,
             callbacks=(), sample_weight=None, progress=False, verbose=0, deterministic=False,
-            hogwild=False, on_divergence="raise"):
+            hogwild=False, on_divergence="raise", comm=None, sharded=False):
         """Train from the current weights by mini-batch gradient descent; returns a
         :class:`~fastbp.callbacks.History` (also kept as ``net.history_``).
 
@@ -506,6 +511,17 @@ class MLP:
             is not recorded. ``'raise'`` (the default) then raises
             ``FloatingPointError``; ``'stop'`` ends training quietly and sets
             ``history.diverged_epoch`` to that epoch's number.
+        comm : mpi4py communicator or None
+            Data-parallel training over the communicator's processes (``MPI.COMM_WORLD``;
+            ``mpiexec -n 4 python -m mpi4py train.py``): every rank calls ``fit`` with the same
+            arguments, takes its share of each global batch of ``batch_size`` samples, the
+            gradients are averaged over all ranks (weighted by sample counts or weights: the
+            exact mean of the global batch) and every rank takes the same step; the weights stay
+            the same on every rank (rank 0's model is the start). ``None``: this process alone.
+            See the user guide's page on MPI.
+        sharded : bool
+            With ``comm``: each rank passes only its own rows (sizes may differ) instead of the
+            whole data set on every rank.
 
         Returns
         -------
@@ -526,8 +542,11 @@ class MLP:
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         epochs = V.check_int("epochs", epochs, low=1)
         run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic,
-                                      hogwild, on_divergence)
+                                      hogwild, on_divergence, comm, sharded)
         opt = _optim.make_optimizer(optimizer, lr=lr)
+        if run["comm"] is not None and (run["hogwild"] or validation_split and run["sharded"]):
+            raise ValueError("with comm: no hogwild, and no validation_split of sharded data "
+                             "(give validation_data)")
         if run["hogwild"] and (run["batch_size"] != 1 or not opt.is_plain_sgd()
                                or sw is not None or run["progress"]):
             raise ValueError("hogwild=True needs batch_size=1 and plain SGD (no momentum, "
@@ -578,7 +597,8 @@ class MLP:
     @_exclusive("MLP.partial_fit", trains=True)
     def partial_fit(self, X, Y, *, batch_size=1, lr=None, optimizer=None, shuffle=True,
                     sample_weight=None, validation_data=None, callbacks=(), progress=False,
-                    verbose=0, deterministic=False, on_divergence="raise"):
+                    verbose=0, deterministic=False, on_divergence="raise", comm=None,
+                    sharded=False):
         """One epoch over (X, Y) that continues the training state; returns ``self``.
 
         The optimizer in ``net.optimizer_`` continues (its moments, step and epoch counters, the
@@ -597,7 +617,7 @@ class MLP:
             (its state is kept); with a name, as in ``fit``.
         X, Y, batch_size, shuffle, sample_weight, validation_data, callbacks
             As in :meth:`fit`.
-        progress, verbose, deterministic, on_divergence
+        progress, verbose, deterministic, on_divergence, comm, sharded
             As in :meth:`fit`.
 
         Returns
@@ -609,7 +629,7 @@ class MLP:
         Y = self._check_targets(Y, X.shape[0])
         sw = self._check_sample_weight(sample_weight, X.shape[0])
         run = self._check_run_options(batch_size, shuffle, progress, verbose, deterministic,
-                                      on_divergence=on_divergence)
+                                      on_divergence=on_divergence, comm=comm, sharded=sharded)
         current, new_lr = self.optimizer_, None
         if optimizer is None:
             if current is None:
@@ -716,23 +736,32 @@ class MLP:
         return Xv, Yv, swv
 
     def _check_run_options(self, batch_size, shuffle, progress, verbose, deterministic,
-                           hogwild=False, on_divergence="raise"):
+                           hogwild=False, on_divergence="raise", comm=None, sharded=False):
         batch_size = V.check_int("batch_size", batch_size, low=1)
         for name, value in (("shuffle", shuffle), ("progress", progress),
-                            ("deterministic", deterministic), ("hogwild", hogwild)):
+                            ("deterministic", deterministic), ("hogwild", hogwild),
+                            ("sharded", sharded)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         if not isinstance(verbose, (bool, np.bool_)):
             V.check_int("verbose", verbose, low=0)
         V.check_choice("on_divergence", on_divergence, ("raise", "stop"))
+        if comm is not None and not all(hasattr(comm, m) for m in ("Get_rank", "Get_size",
+                                                                    "bcast", "allreduce")):
+            raise TypeError("comm must be an MPI communicator (mpi4py, e.g. MPI.COMM_WORLD) or "
+                            f"None, got {type(comm).__name__}")
+        if sharded and comm is None:
+            raise ValueError("sharded=True needs comm (an MPI communicator)")
         return {"batch_size": batch_size, "shuffle": bool(shuffle), "progress": bool(progress),
                 "verbose": int(verbose), "deterministic": bool(deterministic),
-                "hogwild": bool(hogwild), "on_divergence": on_divergence}
+                "hogwild": bool(hogwild), "on_divergence": on_divergence, "comm": comm,
+                "sharded": bool(sharded)}
 
     def _check_training(self, X, sw, val, callbacks, opt, run):
         """The checks that need the whole training setup, made before ``fit``/``partial_fit``
         change any state: validation data for the callbacks and schedule that watch it, and
-        the memory of the training buffers (``fastbp.training``) (``MemoryError`` before anything is allocated)."""
+        the memory of the training buffers (``fastbp.training``): ``MemoryError`` before
+        anything is allocated."""
         if val is None:
             needs = [f"EarlyStopping(monitor={cb.monitor!r})" for cb in callbacks
                      if isinstance(cb, EarlyStopping) and cb.monitor.startswith("val")]

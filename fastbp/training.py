@@ -14,18 +14,23 @@
 ``fit`` and ``partial_fit`` validate their arguments and call :func:`train`. Scikit-learn's
 ``_fit_stochastic`` and Keras's ``Trainer.fit`` -> ``train_step`` have the same shape.
 """
+import contextlib
 import math
+import os
 import time
 
+import numba
 import numpy as np
 
 from . import _cache
+from . import _threads
 from . import _validation as V
 from ._threads import get_num_threads, kernel_scope
 from .callbacks import Progress
 from .kernels import network as knet
 from .kernels import optim as kopt
 from .kernels import train as ktrain
+from .kernels.dataparallel import share_gradient
 from .kernels.fused import sgd_hogwild
 
 # Rows pushed through the network at once by forward/predict/loss: bounds their workspace.
@@ -118,7 +123,22 @@ class _Runner:
     def __init__(self, net, X, Y, ws, B, min_par, pieces, show):
         self.net, self.X, self.Y, self.ws, self.B = net, X, Y, ws, B
         self.min_par, self.pieces, self.show = min_par, pieces, show
-        self.N = X.shape[0]
+        self.N = self.n_samples = X.shape[0]  # this process's samples; all processes' samples
+
+    def shuffle(self, order, identity):
+        """A new random order of the epoch's samples, from the model's generator: a
+        permutation of 0..N-1, not of last epoch's order (k runs of one epoch then equal one
+        run of k epochs)."""
+        order[:] = identity
+        self.net._rng.shuffle(order)
+
+    def synchronize(self, loss):
+        """After an epoch: the state and loss every process of a distributed fit agrees on."""
+        return loss
+
+    def decide(self, stop):
+        """Whether to stop, as every process of a distributed fit agrees."""
+        return stop
 
     def _pieces(self, train_piece):
         """Call ``train_piece(start, stop)`` over the epoch, piece by piece; returns what the
@@ -217,8 +237,164 @@ class Segment(_Runner):
         return float(acc["total"]) / self.wtotal, acc["step"]
 
 
-def make_runner(net, X, Y, sw, ws, B, min_par, pieces, show, opt, hogwild, state):
+class LocalComm:
+    """A communicator of one process, with the few methods of an ``mpi4py`` communicator that
+    :class:`DataParallel` uses: compiles the data-parallel kernels without MPI (``_cache``), and
+    serves as ``comm`` in tests."""
+
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+    def bcast(self, obj, root=0):
+        return obj
+
+    def allreduce(self, obj, op=None):
+        return obj
+
+
+def _collectives(comm):
+    """``(sum_in_place, bcast_in_place)`` for ``comm``: in-place Allreduce(SUM) and Bcast from
+    rank 0 of a NumPy array (no-ops for one process)."""
+    if comm.Get_size() == 1:
+        return (lambda arr: None), (lambda arr: None)
+    from mpi4py import MPI
+    return (lambda arr: comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM),
+            lambda arr: comm.Bcast(arr, root=0))
+
+
+def _reduce(comm, value, op):
+    """``value`` reduced over the ranks by MPI's ``op`` ('SUM', 'MAX'), on every rank."""
+    if comm.Get_size() == 1:
+        return value
+    from mpi4py import MPI
+    return comm.allreduce(value, op=getattr(MPI, op))
+
+
+class DataParallel(_Runner):
+    """Synchronous data-parallel training over the processes ("ranks") of an MPI communicator
+    (mpi4py). Every rank holds the same model and takes its share of each global batch of
+    ``B`` samples; ``kernels.dataparallel.share_gradient`` sums its share's gradients, one
+    in-place Allreduce sums them (and the loss and weight sums) over the ranks, and every rank
+    applies the same optimizer step (``kernels.optim.apply_update``) to the exact mean gradient
+    of the global batch, however unevenly it was split.
+
+    Data given whole (every rank the same ``X``): global batch ``k`` is rows ``order[kB:(k+1)B]``
+    of the shared shuffle, split in contiguous shares, the remainder to the first ranks: the
+    same batches as one process. Sharded (each rank its own rows): rank ``r`` takes ``B //
+    size`` rows (one more for the first ``B % size`` ranks) of its own shuffled rows per step,
+    for as many steps as the rank that needs the most; a rank out of rows adds nothing.
+    At each epoch's end rank 0's parameters, optimizer state, loss and stop decision are
+    broadcast, so every rank stays bitwise the same whatever the reduction order.
+    """
+
+    def __init__(self, net, X, Y, ws, B, min_par, pieces, show, opt, sw, state, comm, sharded):
+        super().__init__(net, X, Y, ws, B, min_par, pieces, show)
+        self.opt, self.sw, self.comm, self.sharded = opt, sw, comm, sharded
+        self.kind, self.hp, self.s1, self.s2 = state
+        self.sw_arr = np.empty(0, dtype=net.dtype) if sw is None else sw
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.sum_in_place, self.bcast_in_place = _collectives(comm)
+        self.sums = np.zeros(2)  # loss and weight sums of a step, float64
+        self.wbuf = np.empty(B, dtype=net.dtype)  # a share's weights (ones without weights)
+        if sharded:
+            self.share = B // self.size + (self.rank < B % self.size)
+            own = -(-self.N // self.share) if self.share else 0
+            self.n_steps = _reduce(comm, own, "MAX")
+            self.n_samples = _reduce(comm, self.N, "SUM")
+        else:
+            self.n_steps = -(-self.N // B)
+        # every rank starts from rank 0's model, optimizer state and generator
+        self._broadcast_state()
+        net._rng.bit_generator.state = comm.bcast(net._rng.bit_generator.state, root=0)
+        opt.step_count = comm.bcast(opt.step_count, root=0)
+
+    def _broadcast_state(self):
+        for arr in (self.net._params, self.s1, self.s2):
+            if arr.size:
+                self.bcast_in_place(arr)
+
+    def shuffle(self, order, identity):
+        if not self.sharded:
+            return super().shuffle(order, identity)
+        # one draw from the shared generator (which stays the same on every rank), then a
+        # permutation of this rank's rows from a generator of its own
+        key = int(self.net._rng.integers(2 ** 63))
+        order[:] = np.random.default_rng([key, self.rank]).permutation(self.N)
+
+    def _rows(self, order, k):
+        """This rank's rows of global step ``k``."""
+        if self.sharded:
+            return order[k * self.share:min((k + 1) * self.share, self.N)]
+        start = k * self.B
+        n = min(self.B, self.N - start)
+        lo = self.rank * (n // self.size) + min(self.rank, n % self.size)
+        hi = lo + n // self.size + (self.rank < n % self.size)
+        return order[start + lo:start + hi]
+
+    def run(self, order, lr):
+        net, ws = self.net, self.ws
+        self.hp[kopt.HP_LR] = lr
+        _cache.require("data-parallel", net.dtype)
+        _cache.require("optimizer-step", net.dtype)
+        step, total, wtotal = self.opt.step_count, 0.0, 0.0
+        for k in range(self.n_steps):
+            rows = self._rows(order, k)
+            if rows.shape[0]:
+                loss, wsum = share_gradient(
+                    net._params, ws.grads, self.X, self.Y, self.sw_arr, rows, net._layout,
+                    net._loss_code, ws.xbuf, ws.ybuf, self.wbuf, ws.acts, ws.deltas, self.min_par)
+            else:  # this rank has no rows in this step (sharded, or a batch smaller than size)
+                ws.grads[:] = 0
+                loss = wsum = 0.0
+            self.sums[0], self.sums[1] = loss, wsum
+            self.sum_in_place(ws.grads)
+            self.sum_in_place(self.sums)
+            # the mean over the global batch; a batch of zero weight gets a zero gradient (its
+            # step still happens, as in one process: momentum and weight decay still act)
+            ws.grads *= net.dtype.type(1.0 / self.sums[1] if self.sums[1] > 0 else 0.0)
+            step += 1
+            kopt.apply_update(net._params, ws.grads, self.kind, self.hp, self.s1, self.s2, step,
+                              self.min_par)
+            total += self.sums[0]
+            wtotal += self.sums[1]
+            if self.show.enabled:
+                self.show.advance(rows.shape[0] * self.size, total / wtotal if wtotal else 0.0)
+        return total / wtotal if wtotal > 0 else 0.0, step
+
+    def synchronize(self, loss):
+        self._broadcast_state()
+        return self.comm.bcast(loss, root=0)
+
+    def decide(self, stop):
+        return self.comm.bcast(stop, root=0)
+
+
+def _rank_threads(comm):
+    """With several ranks on a node, fastbp's threads per rank so that ranks x threads <= its
+    cores (a rank waiting in a collective spins a core), unless the thread count was set
+    (``fastbp.set_num_threads``, ``fastbp.threads``)."""
+    if comm is None or comm.Get_size() == 1 or _threads._process_threads is not None \
+            or getattr(_threads._local, "threads", None) is not None:
+        return contextlib.nullcontext()
+    from mpi4py import MPI
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        per_node = node.Get_size()
+    finally:
+        node.Free()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return _threads.threads(max(1, min((cores or 1) // per_node, numba.config.NUMBA_NUM_THREADS)))
+
+
+def make_runner(net, X, Y, sw, ws, B, min_par, pieces, show, opt, hogwild, state, comm=None,
+                sharded=False):
     """The epoch runner of this fit's kernel path."""
+    if comm is not None:
+        return DataParallel(net, X, Y, ws, B, min_par, pieces, show, opt, sw, state, comm,
+                            sharded)
     if opt.is_plain_sgd() and sw is None:
         if hogwild and min_par != knet.SERIAL_ONLY:
             return Hogwild(net, X, Y, ws, B, min_par, pieces, show, opt)
@@ -259,13 +435,14 @@ def _diverged(epoch, lr, loss):
 
 
 def train(net, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, verbose,
-          deterministic, hogwild, on_divergence):
+          deterministic, hogwild, on_divergence, comm=None, sharded=False):
     """The epoch loop of ``fit`` and ``partial_fit`` (arguments checked by them): trains
     ``net`` with ``net.optimizer_``, appends to ``net.history_``; everything is allocated here,
-    once, before the first epoch."""
+    once, before the first epoch. ``comm``: an MPI communicator for data-parallel training
+    (:class:`DataParallel`), ``sharded``: each rank has its own rows."""
     opt, hist, params = net.optimizer_, net.history_, net._params
     N = X.shape[0]
-    B = min(batch_size, N)
+    B = min(batch_size, _reduce(comm, N, "SUM") if sharded else N)
     ws = Workspace(net, N, B, sw is not None)
     state = opt.kernel_args(params.shape[0], net.dtype)  # kind, hyper-parameters, s1, s2
     snapshot = Snapshot(params, opt, state[2], state[3], net._rng)
@@ -276,24 +453,25 @@ def train(net, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, 
     cap = B * (-(-n_batches // PROGRESS_UPDATES) if progress else n_batches)
     pieces = _Pieces(2 if B == 1 else B, cap + cap % 2 if B == 1 else cap)
     validation = None if val is None else Validation(net, val)
-    show = Progress(progress, verbose, net.metric_name)
+    lead = comm is None or comm.Get_rank() == 0  # progress and verbose lines from rank 0 only
+    show = Progress(progress and lead, verbose if lead else 0, net.metric_name)
     for cb in callbacks:
         cb.on_train_begin(net, hist)
     try:
-        with kernel_scope(deterministic) as min_par:
+        with _rank_threads(comm), kernel_scope(deterministic) as min_par:
             runner = make_runner(net, X, Y, sw, ws, B, min_par, pieces, show, opt, hogwild,
-                                 state)
+                                 state, comm, sharded)
             for _ in range(epochs):
                 lr = opt.current_lr()
                 snapshot.take()
-                if shuffle:  # a permutation of 0..N-1, not of last epoch's order: k runs of
-                    order[:] = identity  # one epoch then equal one run of k epochs
-                    net._rng.shuffle(order)
-                show.begin_epoch(net.n_epochs_ + 1, N)
+                if shuffle:
+                    runner.shuffle(order, identity)
+                show.begin_epoch(net.n_epochs_ + 1, runner.n_samples)
                 t0 = time.perf_counter()
                 try:
                     loss, step = runner.run(order, lr)
                     seconds = time.perf_counter() - t0
+                    loss = runner.synchronize(loss)
                     diverged = not math.isfinite(loss) or V._first_nonfinite(params) >= 0
                     val_loss = val_metric = math.nan
                     if validation is not None and not diverged:
@@ -307,8 +485,9 @@ def train(net, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, 
                         hist.diverged_epoch = net.n_epochs_ + 1
                         break
                     raise _diverged(net.n_epochs_ + 1, lr, loss)
-                if _end_epoch(net, opt, hist, show, callbacks, step, loss, val_loss, val_metric,
-                              lr, seconds, N, val is not None):
+                if runner.decide(_end_epoch(net, opt, hist, show, callbacks, step, loss,
+                                            val_loss, val_metric, lr, seconds,
+                                            runner.n_samples, val is not None)):
                     hist.stopped_epoch = net.n_epochs_
                     break
     finally:
