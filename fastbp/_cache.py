@@ -325,8 +325,9 @@ def run_path(path, dtype):
             net.gradients(X, y)
         elif path == "data-parallel":
             from .training import LocalComm
-            net.fit(X, y, epochs=1, batch_size=2, optimizer="adam", sample_weight=np.ones(6),
-                    comm=LocalComm())
+            deep = MLP([3, 4, 4, 2], loss="cross_entropy", dtype=dt, seed=0)  # every layer kind
+            deep.fit(X, y, epochs=1, batch_size=2, optimizer="adam", sample_weight=np.ones(6),
+                     comm=LocalComm())
         elif path == "optimizer-step":
             params = np.zeros(4, dtype=dt)
             for opt in (SGD(momentum=0.9), Adam()):

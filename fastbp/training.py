@@ -30,7 +30,8 @@ from .callbacks import Progress
 from .kernels import network as knet
 from .kernels import optim as kopt
 from .kernels import train as ktrain
-from .kernels.dataparallel import share_gradient
+from .kernels.dataparallel import share_backward_layer, share_forward
+from .kernels.layout import B_OFF, N_OUT, W_OFF
 from .kernels.fused import sgd_hogwild
 
 # Rows pushed through the network at once by forward/predict/loss: bounds their workspace.
@@ -256,12 +257,17 @@ class LocalComm:
 
 
 def _collectives(comm):
-    """``(sum_in_place, bcast_in_place)`` for ``comm``: in-place Allreduce(SUM) and Bcast from
-    rank 0 of a NumPy array (no-ops for one process)."""
+    """``(sum_in_place, isum_in_place, wait_all, bcast_in_place)`` for ``comm``: Allreduce(SUM)
+    in place of a NumPy array, the same non-blocking (returns a request), waiting for such
+    requests, and Bcast from rank 0 in place. No-ops for one process."""
     if comm.Get_size() == 1:
-        return (lambda arr: None), (lambda arr: None)
+        def nothing(arr):
+            return None
+        return nothing, nothing, nothing, nothing
     from mpi4py import MPI
     return (lambda arr: comm.Allreduce(MPI.IN_PLACE, arr, op=MPI.SUM),
+            lambda arr: comm.Iallreduce(MPI.IN_PLACE, arr, op=MPI.SUM),
+            MPI.Request.Waitall,
             lambda arr: comm.Bcast(arr, root=0))
 
 
@@ -288,7 +294,13 @@ class DataParallel(_Runner):
     for as many steps as the rank that needs the most; a rank out of rows adds nothing.
     At each epoch's end rank 0's parameters, optimizer state, loss and stop decision are
     broadcast, so every rank stays bitwise the same whatever the reduction order.
+
+    ``OVERLAP``: each layer's gradient starts its reduction (``Iallreduce``) as soon as the
+    backward pass has produced it, while the layers below are computed; False: one
+    ``Allreduce`` after the whole backward pass (docs/mpi.md has both timed).
     """
+
+    OVERLAP = True
 
     def __init__(self, net, X, Y, ws, B, min_par, pieces, show, opt, sw, state, comm, sharded):
         super().__init__(net, X, Y, ws, B, min_par, pieces, show)
@@ -296,7 +308,11 @@ class DataParallel(_Runner):
         self.kind, self.hp, self.s1, self.s2 = state
         self.sw_arr = np.empty(0, dtype=net.dtype) if sw is None else sw
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.sum_in_place, self.bcast_in_place = _collectives(comm)
+        self.sum_in_place, self.isum_in_place, self.wait_all, self.bcast_in_place = \
+            _collectives(comm)
+        layout = net._layout  # each layer's W_l and b_l, contiguous in the gradient buffer
+        self.layer_grads = [ws.grads[layout[l, W_OFF]:layout[l, B_OFF] + layout[l, N_OUT]]
+                            for l in range(layout.shape[0])]
         self.sums = np.zeros(2)  # loss and weight sums of a step, float64
         self.wbuf = np.empty(B, dtype=net.dtype)  # a share's weights (ones without weights)
         if sharded:
@@ -340,18 +356,31 @@ class DataParallel(_Runner):
         _cache.require("data-parallel", net.dtype)
         _cache.require("optimizer-step", net.dtype)
         step, total, wtotal = self.opt.step_count, 0.0, 0.0
+        L = net._layout.shape[0]
         for k in range(self.n_steps):
             rows = self._rows(order, k)
-            if rows.shape[0]:
-                loss, wsum = share_gradient(
-                    net._params, ws.grads, self.X, self.Y, self.sw_arr, rows, net._layout,
-                    net._loss_code, ws.xbuf, ws.ybuf, self.wbuf, ws.acts, ws.deltas, self.min_par)
+            B = rows.shape[0]
+            if B:
+                loss, wsum = share_forward(
+                    net._params, self.X, self.Y, self.sw_arr, rows, net._layout, net._loss_code,
+                    ws.xbuf, ws.ybuf, self.wbuf, ws.acts, ws.deltas, self.min_par)
             else:  # this rank has no rows in this step (sharded, or a batch smaller than size)
-                ws.grads[:] = 0
                 loss = wsum = 0.0
+            requests = []
+            for l in range(L - 1, -1, -1):
+                if B:
+                    share_backward_layer(ws.grads, ws.deltas, ws.acts, ws.xbuf, net._params,
+                                         net._layout, l, B, self.min_par)
+                else:
+                    self.layer_grads[l][:] = 0
+                if self.OVERLAP:
+                    requests.append(self.isum_in_place(self.layer_grads[l]))
             self.sums[0], self.sums[1] = loss, wsum
-            self.sum_in_place(ws.grads)
             self.sum_in_place(self.sums)
+            if self.OVERLAP:
+                self.wait_all(requests)
+            else:
+                self.sum_in_place(ws.grads)
             # the mean over the global batch; a batch of zero weight gets a zero gradient (its
             # step still happens, as in one process: momentum and weight decay still act)
             ws.grads *= net.dtype.type(1.0 / self.sums[1] if self.sums[1] > 0 else 0.0)

@@ -39,6 +39,14 @@ if mode == "whole":
                 if rank == 0:
                     results[key + "-params"] = np.array(every)
                     results[key + "-loss"] = np.array(losses)
+    # the reductions after the whole backward pass instead of one per layer: the same sums
+    from fastbp.training import DataParallel
+    DataParallel.OVERLAP = False
+    m = net()
+    m.fit(X, y, epochs=3, batch_size=8, optimizer="adam", lr=0.05, shuffle=False, comm=comm)
+    DataParallel.OVERLAP = True
+    if rank == 0:
+        results["blocking-params"] = m.params.copy()
     # validation, early stopping, history and save from rank 0
     m = net()
     h = m.fit(X[:40], y[:40], epochs=30, batch_size=4, optimizer="adam", lr=0.2,

@@ -76,6 +76,7 @@ def test_two_ranks_equal_one_process(tmp_path):
                                            err_msg=key)
                 np.testing.assert_allclose(res[key + "-loss"][0], one.loss_curve_, rtol=1e-9,
                                            err_msg=key)
+    np.testing.assert_array_equal(res["blocking-params"], res["adam-False-False-params"][0])
     hist = res["history"]  # losses, validation, early stopping: the same on both ranks
     np.testing.assert_array_equal(hist[0], hist[1])
     n_epochs = int(hist[0][-1])
