@@ -308,6 +308,14 @@ class DataParallel(_Runner):
         self.kind, self.hp, self.s1, self.s2 = state
         self.sw_arr = np.empty(0, dtype=net.dtype) if sw is None else sw
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        # The same model on every rank, or the collectives below would mix buffers of other
+        # sizes (a crash or a hang): checked on every rank, raised on every rank.
+        mine = (tuple(net.layer_sizes), net.dtype.name, opt.get_config())
+        every = comm.allgather(mine) if self.size > 1 else [mine]
+        if any(other != mine for other in every):
+            raise ValueError(f"data-parallel training needs the same network and optimizer on "
+                             f"every rank; rank {self.rank} has {mine}, the ranks have "
+                             f"{sorted(set(map(str, every)))}")
         self.sum_in_place, self.isum_in_place, self.wait_all, self.bcast_in_place = \
             _collectives(comm)
         layout = net._layout  # each layer's W_l and b_l, contiguous in the gradient buffer

@@ -39,6 +39,12 @@ if mode == "whole":
                 if rank == 0:
                     results[key + "-params"] = np.array(every)
                     results[key + "-loss"] = np.array(losses)
+    # partial_fit continues: 3 calls equal one fit of 3 epochs
+    m = net()
+    for _ in range(3):
+        m.partial_fit(X, y, batch_size=8, optimizer="adam", lr=0.05, comm=comm)
+    if rank == 0:
+        results["partial-params"] = m.params.copy()
     # the reductions after the whole backward pass instead of one per layer: the same sums
     from fastbp.training import DataParallel
     DataParallel.OVERLAP = False
@@ -72,6 +78,10 @@ elif mode == "sharded":
         if rank == 0:
             results[f"sharded-{shuffle}-params"] = np.array(every)
             results[f"sharded-{shuffle}-loss"] = np.array(m.loss_curve_)
+elif mode == "other-model":
+    X, y, _ = data()
+    sizes = [7, 6, 3] if rank == 0 else [7, 5, 3]
+    fastbp.MLP(sizes, loss="cross_entropy", seed=1).fit(X, y, batch_size=8, comm=comm)
 elif mode == "bad-rank":
     X, y, _ = data()
     if rank == 1:

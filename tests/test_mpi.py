@@ -77,6 +77,9 @@ def test_two_ranks_equal_one_process(tmp_path):
                 np.testing.assert_allclose(res[key + "-loss"][0], one.loss_curve_, rtol=1e-9,
                                            err_msg=key)
     np.testing.assert_array_equal(res["blocking-params"], res["adam-False-False-params"][0])
+    one = net()
+    one.fit(X, y, epochs=3, batch_size=8, optimizer="adam", lr=0.05)
+    np.testing.assert_allclose(res["partial-params"], one.params, rtol=0, atol=1e-9)
     hist = res["history"]  # losses, validation, early stopping: the same on both ranks
     np.testing.assert_array_equal(hist[0], hist[1])
     n_epochs = int(hist[0][-1])
@@ -126,6 +129,11 @@ def test_fastbp_train_under_mpiexec(tmp_path):
     report = json.loads(out)  # one JSON document: rank 0 alone prints
     assert len(report["history"]["loss"]) == 2 and report["metrics"]["test"]["n"] == 450
     assert fastbp.load(str(model)).n_epochs_ == 2
+
+
+def test_different_models_on_the_ranks_are_an_error(tmp_path):
+    rc, _, err, _ = mpirun("other-model", tmp_path, timeout=120)
+    assert rc != 0 and "the same network and optimizer on every rank" in err, err
 
 
 def test_local_comm_is_the_single_process_path():
