@@ -6,22 +6,13 @@ import numpy as np
 from mpi4py import MPI
 
 import fastbp
+from mpi_problem import OPTIMIZERS, data, net
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 mode, out = sys.argv[1], sys.argv[2]
-OPTIMIZERS = {"sgd": "sgd", "momentum": {"name": "sgd", "momentum": 0.9}, "adam": "adam",
-              "adamw": "adamw"}
 
 
-def data(n=50, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 7)), rng.integers(0, 3, n), rng.random(n) + 0.5
-
-
-def net():
-    return fastbp.MLP([7, 6, 3], activation="tanh", loss="cross_entropy", dtype="float64",
-                      seed=1)
 
 
 results = {}

@@ -13,6 +13,7 @@ import pytest
 
 import fastbp
 from fastbp.training import LocalComm
+from mpi_problem import OPTIMIZERS, data, net
 
 pytest.importorskip("mpi4py", reason="mpi4py is not installed (pip install 'fastbp[mpi]')")
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which(
@@ -22,8 +23,6 @@ if MPIEXEC is None:
 
 WORKER = os.path.join(os.path.dirname(__file__), "mpi_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
-OPTIMIZERS = {"sgd": "sgd", "momentum": {"name": "sgd", "momentum": 0.9}, "adam": "adam",
-              "adamw": "adamw"}
 
 
 def mpirun(mode, tmp_path, timeout=240, argv=None):
@@ -49,14 +48,6 @@ def mpirun(mode, tmp_path, timeout=240, argv=None):
     return proc.returncode, stdout, stderr, results
 
 
-def data(n=50, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, 7)), rng.integers(0, 3, n), rng.random(n) + 0.5
-
-
-def net():
-    return fastbp.MLP([7, 6, 3], activation="tanh", loss="cross_entropy", dtype="float64",
-                      seed=1)
 
 
 def test_two_ranks_equal_one_process(tmp_path):
