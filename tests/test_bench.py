@@ -266,3 +266,21 @@ def test_command_line_dispatch():
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stderr
     assert "--workloads" in proc.stdout and "--json" in proc.stdout
+
+
+def test_kernel_report_in_gflops_next_to_matmul():
+    """``fastbp bench --kernels``: every dense kernel of every layer, timed, with the matmul
+    speed of the same run (the kernels in one fresh process, the matmul in another)."""
+    proc = subprocess.run([sys.executable, "-m", "fastbp", "bench", "--kernels", "--workloads",
+                           "test-ragged", "--threads", "1", "--json", "-"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["matmul_gflops"] > 0 and report["matmul_n"] == 2048
+    got = {(r["layer"], r["kernel"]) for r in report["kernels"]}
+    assert got == {(0, "forward"), (0, "grad+step"), (1, "forward"), (1, "grad+step"),
+                   (1, "delta"), (2, "forward"), (2, "grad+step"), (2, "delta")}
+    for r in report["kernels"]:
+        assert r["gflops"] > 0 and r["seconds"] > 0
+        assert r["fraction_of_matmul"] == pytest.approx(r["gflops"] / report["matmul_gflops"])
+    assert report["kernels"][0]["shape"] == "3x7->4"

@@ -208,6 +208,10 @@ def add_arguments(p):
                         "of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--list", action="store_true", help="list workloads and engines, then exit")
+    p.add_argument("--kernels", action="store_true",
+                   help="instead of training: GFLOP/s of each dense-layer kernel (forward, "
+                        "delta, grad+step) at the workloads' layer shapes, next to NumPy's "
+                        "2048x2048 matmul measured in the same run")
     return p
 
 
@@ -248,6 +252,11 @@ def main(argv=None):
             print(f"{e:12s} {'installed' if available(e) else 'not installed'}")
         return 0
 
+    if args.kernels:
+        from . import kernels
+        env = {k: v for k, v in os.environ.items() if k not in PEER_UNSET}
+        kernels.report(args.workloads, args.dtype, args.threads, env, args.json)
+        return 0
     engines = [e for e in args.engines if available(e)]
     skipped = [e for e in args.engines if e not in engines]
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr,
