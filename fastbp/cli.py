@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from . import _tabular
+from .datasets import split_indices
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 META_KEY = "fastbp_cli"  # the command's entry in a model file's metadata
@@ -259,15 +260,7 @@ def _split(idx, fraction, rng, labels):
     held out, chosen by ``rng``; both sorted."""
     if fraction == 0:
         return idx, idx[:0]
-    groups = [np.arange(len(idx))] if labels is None else \
-        [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    out = []
-    for g in groups:
-        g = g.copy()
-        rng.shuffle(g)
-        out.append(g[:int(round(fraction * len(g)))])
-    held = np.sort(np.concatenate(out))
-    kept = np.setdiff1d(np.arange(len(idx)), held)
+    kept, held = split_indices(len(idx), fraction, rng, labels)
     if len(kept) == 0:
         raise CliError(f"a split of {fraction} leaves no training samples out of {len(idx)}")
     return idx[kept], idx[held]

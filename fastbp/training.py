@@ -322,7 +322,6 @@ class DataParallel(_Runner):
         self.layer_grads = [ws.grads[layout[l, W_OFF]:layout[l, B_OFF] + layout[l, N_OUT]]
                             for l in range(layout.shape[0])]
         self.sums = np.zeros(2)  # loss and weight sums of a step, float64
-        self.wbuf = np.empty(B, dtype=net.dtype)  # a share's weights (ones without weights)
         if sharded:
             self.share = B // self.size + (self.rank < B % self.size)
             own = -(-self.N // self.share) if self.share else 0
@@ -371,7 +370,7 @@ class DataParallel(_Runner):
             if B:
                 loss, wsum = share_forward(
                     net._params, self.X, self.Y, self.sw_arr, rows, net._layout, net._loss_code,
-                    ws.xbuf, ws.ybuf, self.wbuf, ws.acts, ws.deltas, self.min_par)
+                    ws.xbuf, ws.ybuf, ws.wbuf, ws.acts, ws.deltas, self.min_par)
             else:  # this rank has no rows in this step (sharded, or a batch smaller than size)
                 loss = wsum = 0.0
             requests = []
@@ -480,7 +479,8 @@ def train(net, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, 
     opt, hist, params = net.optimizer_, net.history_, net._params
     N = X.shape[0]
     B = min(batch_size, _reduce(comm, N, "SUM") if sharded else N)
-    ws = Workspace(net, N, B, sw is not None)
+    # a batch's weights: sample weights, or a data-parallel share's (ones without weights)
+    ws = Workspace(net, N, B, sw is not None or comm is not None)
     state = opt.kernel_args(params.shape[0], net.dtype)  # kind, hyper-parameters, s1, s2
     snapshot = Snapshot(params, opt, state[2], state[3], net._rng)
     identity = np.arange(N, dtype=np.int64)

@@ -42,15 +42,22 @@ def train_test_split(X, y, test_fraction=0.25, seed=0):
     test_fraction = V.check_positive_float("test_fraction", test_fraction)
     if not test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    test = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        test.append(idx[:int(round(test_fraction * len(idx)))])
-    test = np.sort(np.concatenate(test))
-    train = np.setdiff1d(np.arange(len(y)), test)
+    train, test = split_indices(len(y), test_fraction, np.random.default_rng(seed), y)
     return X[train], X[test], y[train], y[test]
+
+
+def split_indices(n, fraction, rng, labels=None):
+    """``(kept, held_out)``: sorted indices into ``0 .. n-1``, ``round(fraction * size)`` of each
+    class of ``labels`` (of all ``n`` without labels) held out, chosen by ``rng`` (a NumPy
+    Generator)."""
+    groups = [np.arange(n)] if labels is None else \
+        [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    held = []
+    for idx in groups:
+        rng.shuffle(idx)
+        held.append(idx[:int(round(fraction * len(idx)))])
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(n), held), held
 
 
 def load_digits_split(dtype="float32", test_fraction=0.25, seed=0):
