@@ -216,7 +216,7 @@ def backward_split(dinp, d, W, a, cuts):
 for dtype in (np.float32, np.float64):
     e = float(np.finfo(dtype).eps)
     for B, n_in, n_out in [(4, 3, 1), (5, 5, 6), (8, 16, 8), (9, 37, 7), (32, 128, 10),
-                           (4, 600, 17)]:
+                           (4, 600, 17), (67, 77, 1030)]:  # the last: packed panels
         d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
         W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
         a = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
@@ -234,6 +234,20 @@ for dtype in (np.float32, np.float64):
         for out in outs:
             assert np.isfinite(out).all(), (dtype, B, n_in, n_out)
             worst = max(worst, float((np.abs(out - d64 @ W64) / bound).max()))
+
+# the gradient's packed panels (dense.use_grad_panels): bitwise the 4-row tiles
+for dtype in (np.float32, np.float64):
+    B, n_in, n_out = 258, 256, 515
+    X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+    d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
+    W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+    b0 = rng.uniform(-1, 1, n_out).astype(dtype)
+    want, b_want = W0.copy(), b0.copy()
+    grad_by_rows(want, b_want, d, X, dtype(-0.37), np.arange(B), 0, n_in)
+    for kernel in (K.dense_grad, K.dense_grad_serial):
+        W, b = W0.copy(), b0.copy()
+        kernel(W, b, d, X, dtype(-0.37), True)
+        assert np.array_equal(W, want) and np.array_equal(b, b_want), ("panels", dtype)
 print(json.dumps({"bits": vector_bits(), "worst": worst}))
 """
 
@@ -248,8 +262,8 @@ def test_vector_tiles_at_narrower_vector_widths(tmp_path, cpu, features, bits):
     an older x86 CPU (numba's ``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``, no disk cache) and
     checks the forward pass, the gradient with its bias step and delta propagation against NumPy (whole tiles,
     columns past the last vector, fewer columns than one vector, rows read through indices,
-    both dtypes), and that the gradient's and the deltas' columns come out bitwise the same
-    however they are split."""
+    both dtypes), that the gradient's and the deltas' columns come out bitwise the same
+    however they are split, and that the packed panels give the 4-row tiles' numbers."""
     import os
     import platform
     import subprocess
@@ -436,6 +450,83 @@ def test_large_batches_split_by_samples_and_column_strips(dtype, rng):
         tol_W = 2 * (B + 2) * e * (abs(float(scale)) * (np.abs(d64).T @ np.abs(X.astype(np.float64)))
                                    + np.abs(W0.astype(np.float64)))
         assert_within(W_want, ref_W, tol_W, f"grad {np.dtype(dtype).name} B={B}")
+
+
+# ---- packed panels: dense_backward and dense_grad on large layers ----------------------------
+# (B, n_in, n_out): shapes that take the packed panels (``dense.use_panels``,
+# ``dense.use_grad_panels``), with panel strips that do not divide the columns (the panel is 64
+# float32 or 32 float64 columns wide with AVX-512, half that below), a last partial 6-row
+# block, rows past the last 6-row pair, and a last 1 to 3 rows.
+BACKWARD_PANEL_SHAPES = [(67, 77, 1030), (130, 200, 515)]
+GRAD_PANEL_SHAPES = [(258, 256, 515), (1030, 45, 526)]
+
+
+@pytest.mark.parametrize("act", ELEMENTWISE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
+    """From enough samples and terms, ``dense_backward`` and ``dense_grad`` copy the strip they
+    read into a packed panel and take 6-row tiles over it. Every element takes the same
+    operations as in the 4-row tiles of the smaller calls, so: bitwise what the same kernel
+    gives on the samples (rows of ``dW``) in pieces too small for panels, threaded and serial
+    twins agree, and NumPy agrees within rounding."""
+    from fastbp.kernels.dense import use_grad_panels, use_panels
+    e = eps(dtype)
+    name = np.dtype(dtype).name
+    code = K.ACTIVATIONS[act]
+    for B, n_in, n_out in BACKWARD_PANEL_SHAPES:
+        assert use_panels(B, n_out)
+        dout = rng.normal(size=(B, n_out)).astype(dtype)
+        W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        a = activation_outputs(rng, (B, n_in), act, dtype)
+        # pieces of 12 samples (whole 4-sample tiles, as in the panel path): no panels
+        want = nan_filled((B, n_in), dtype)
+        for s in range(0, B, 12):
+            assert not use_panels(min(12, B - s), n_out)
+            K.dense_backward(want[s:s + 12], dout[s:s + 12], W, a[s:s + 12], code)
+        for kernel in (K.dense_backward, K.dense_backward_serial):
+            got = nan_filled((B, n_in), dtype)
+            kernel(got, dout, W, a, code)
+            assert np.array_equal(got, want), ("backward", act, name, B, n_in, n_out)
+        ref = naive.dense_backward(dout, W, a, act)
+        fprime = np.abs(naive.activation_grad(a, act))
+        a64 = a.astype(np.float64)
+        fprime_err = 4 * e * (fprime + a64 * a64) if act in ("sigmoid", "tanh") else 0.0
+        dw = np.abs(dout.astype(np.float64)) @ np.abs(W.astype(np.float64))
+        tol = 2 * (n_out + 2) * e * dw * fprime + dw * fprime_err + 4 * e * np.abs(ref)
+        assert_within(want, ref, tol, f"panel dense_backward {act} {name} B={B}")
+    if act != "identity":
+        return  # the gradient has no activation: once per dtype
+    for B, n_in, n_out in GRAD_PANEL_SHAPES:
+        assert use_grad_panels(B, n_out, n_in * np.dtype(dtype).itemsize)
+        X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
+        W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        b0 = rng.uniform(-1, 1, n_out).astype(dtype)
+        scale = dtype(-0.3 / B)
+        # pieces of 8 rows of dW (whole 4-row tiles): no panels
+        W_want, b_want = W0.copy(), b0.copy()
+        for i in range(0, n_out, 8):
+            K.dense_grad(W_want[i:i + 8], b_want[i:i + 8], np.ascontiguousarray(d[:, i:i + 8]),
+                         X, scale, True)
+        for kernel in (K.dense_grad, K.dense_grad_serial):
+            W, b = W0.copy(), b0.copy()
+            kernel(W, b, d, X, scale, True)
+            assert np.array_equal(W, W_want) and np.array_equal(b, b_want), (
+                "grad", name, B, n_in, n_out)
+            W = nan_filled(W0.shape, dtype)
+            b = nan_filled(b0.shape, dtype)
+            kernel(W, b, d, X, scale, False)
+            d64, x64 = d.astype(np.float64), X.astype(np.float64)
+            ref_W, ref_b = naive.dense_grad(d64, x64, float(scale))
+            tol_W = 2 * (B + 2) * e * abs(float(scale)) * (np.abs(d64).T @ np.abs(x64))
+            tol_b = 2 * (B + 2) * e * abs(float(scale)) * np.abs(d64).sum(axis=0)
+            assert_within(W, ref_W, tol_W, f"panel dense_grad {name} B={B}")
+            assert_within(b, ref_b, tol_b, f"panel dense_grad bias {name} B={B}")
+        ref_W = W0 + float(scale) * (d.astype(np.float64).T @ X.astype(np.float64))
+        tol_W = 2 * (B + 2) * e * (abs(float(scale)) * (np.abs(d.astype(np.float64)).T
+                                                          @ np.abs(X.astype(np.float64)))
+                                   + np.abs(W0.astype(np.float64)))
+        assert_within(W_want, ref_W, tol_W, f"panel dense_grad accumulate {name} B={B}")
 
 
 # ---- deferred_sweep: the previous batch's steps on two layers, then the forward pass ---------

@@ -20,7 +20,8 @@ from numba.extending import intrinsic, overload
 from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
                           activation_parts)
-from .simd import column_sums, delta_tile, dot_tile, grad_tile
+from .simd import (PANEL_ROWS, column_sums, delta_panel, delta_tile, dot_tile, grad_panel,
+                   grad_tile, panel_vectors, vector_bits)
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -50,6 +51,21 @@ FORWARD_CHUNK = 32
 # (medians of 25 paired epochs): 0.963 to 0.968 with 2, 4, 8 or 16 (all of a task's) blocks,
 # 0.979 without the prefetch and the reordering, 1.03 with the reordering alone.
 PREFETCH_BLOCKS = 4
+# Packed panels (``simd.delta_panel``, ``simd.grad_panel``): from ``PANEL_MIN_SAMPLES``
+# samples and ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``), with
+# ``PANEL_MIN_PRODUCT`` samples x terms, ``dense_backward`` and ``dense_grad`` copy the strip of
+# the source they read (``W``'s columns, the input's columns) into a contiguous panel
+# ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
+# 6-row block. Below that the copy costs more than it saves (and short strips stay in cache). Each column strip is split into ``PANEL_GROUPS`` tasks (each packs its own copy) so
+# that 2 threads get equal shares when the strips do not divide evenly. Measurements:
+# docs/performance.md, "Packed panels".
+PANEL_MIN_SAMPLES = 64
+PANEL_MIN_TERMS = 512
+PANEL_MIN_PRODUCT = 65536
+GRAD_PANEL_MIN_SAMPLES = 256
+GRAD_PANEL_ANY_STRIDE = 1024
+PANEL_BYTES = panel_vectors() * vector_bits() // 8
+PANEL_GROUPS = 2
 
 
 def row_of(rows, b):
@@ -379,15 +395,114 @@ def dense_backward(dinp, dout, weight, inp, act):
     inp (B, n_in) = a_{l-1} (the activation whose derivative is taken), act: its code.
     ``dinp`` must not overlap the inputs.
 
-    A thread owns a (4-sample, column-chunk) tile of ``dinp`` (``backward_tile``).
+    A thread owns a (4-sample, column-chunk) tile of ``dinp`` (``backward_tile``). When
+    ``use_panels`` (C-contiguous arrays), a task owns a strip of ``dinp``'s columns for a
+    share of the samples instead (``backward_panel``: ``W``'s strip copied into a packed
+    panel, then 6-sample tiles over it). Every element takes the same operations either way,
+    so the result does not depend on the path, the split or the thread count.
     """
     B, n_in = dinp.shape
+    if use_panels(B, weight.shape[0]) and packable(dinp, dout, weight):
+        nr = PANEL_BYTES // weight.itemsize
+        n_pan = (n_in + nr - 1) // nr
+        n6 = panel_blocks(B)
+        for t in prange(n_pan * PANEL_GROUPS):
+            p = t // PANEL_GROUPS
+            g = t % PANEL_GROUPS
+            j0 = p * nr
+            backward_panel(dinp, dout, weight, inp, act, j0, min(j0 + nr, n_in),
+                           n6 * g // PANEL_GROUPS, n6 * (g + 1) // PANEL_GROUPS,
+                           g == PANEL_GROUPS - 1)
+        return
     n_sblk = (B + 3) // 4
     n_chunks = (n_in + CHUNK - 1) // CHUNK
     for t in prange(n_sblk * n_chunks):
         b0 = 4 * (t // n_chunks)
         j0 = min((t % n_chunks) * CHUNK, n_in)
         backward_tile(dinp, dout, weight, inp, act, b0, min(b0 + 4, B), j0, min(j0 + CHUNK, n_in))
+
+
+def packable(a, b, c):
+    """Whether the packed-panel paths apply: the three arrays C-contiguous. Chosen when
+    compiling."""
+    return False
+
+
+@overload(packable)
+def _packable(a, b, c):
+    flag = all(x.layout == "C" for x in (a, b, c))
+    return lambda a, b, c: flag
+
+
+@jit()
+def use_panels(n_samples, n_terms):
+    """Whether ``n_samples`` sums of ``n_terms`` terms each take the packed panels."""
+    return (n_samples >= PANEL_MIN_SAMPLES and n_terms >= PANEL_MIN_TERMS
+            and n_samples * n_terms >= PANEL_MIN_PRODUCT)
+
+
+@jit()
+def use_grad_panels(n_samples, n_rows, row_bytes):
+    """Whether ``dense_grad`` takes the packed panels: ``n_samples`` terms per sum, read again
+    for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` apart. In place, the
+    input's strip streams from L2 for every 4 rows; it pays to pack it from
+    ``GRAD_PANEL_MIN_SAMPLES`` samples and ``PANEL_MIN_TERMS`` rows when the rows are a
+    multiple of 1 KiB apart (they then share a few cache sets), from
+    ``GRAD_PANEL_ANY_STRIDE`` samples otherwise."""
+    if n_rows < PANEL_MIN_TERMS or n_samples < GRAD_PANEL_MIN_SAMPLES:
+        return False
+    return n_samples >= GRAD_PANEL_ANY_STRIDE or row_bytes % 1024 == 0
+
+
+@jit()
+def panel_blocks(n):
+    """How many ``PANEL_ROWS``-row blocks (6 rows) of ``n`` rows the panel tiles take: rows
+    ``[0, 6 k)`` in whole 12-row pairs, so that the rest starts on a 4-row block and goes in
+    the 4-row blocks (and the last 1 to 3 rows) of the paths without panels: every row then
+    takes the same operations as there (the 6-row and 4-row tiles take the same ones)."""
+    return n // 4 * 4 // (2 * PANEL_ROWS) * 2
+
+
+@jit()
+def pack_columns(pk, src, j0, j1):
+    """``pk[r, :j1 - j0] = src[r, j0:j1]`` for every row of ``src``."""
+    for r in range(src.shape[0]):
+        for j in range(j0, j1):
+            pk[r, j - j0] = src[r, j]
+
+
+def backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
+    """Columns ``j0 .. j1 - 1`` of ``dense_backward`` for the 6-sample blocks ``k0 .. k1 - 1``
+    (samples ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the samples after the last block
+    (``panel_blocks``) in ``backward_tile``'s 4-sample tiles. ``W[:, j0:j1]`` is first copied
+    into a packed panel (one allocation of ``n_out x PANEL_BYTES``), which each 6-sample tile
+    (``simd.delta_panel``) then reads in order. C-contiguous arrays only (``packable``)."""
+
+
+@overload(backward_panel)
+def _backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
+    if not all(a.layout == "C" for a in (dinp, dout, weight)):
+        return lambda dinp, dout, weight, inp, act, j0, j1, k0, k1, rest: None
+
+    def panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
+        backward_panel_body(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest)
+    return panel
+
+
+@jit(noalias=True)
+def backward_panel_body(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
+    """``backward_panel`` for C-contiguous arrays."""
+    B = dinp.shape[0]
+    if k0 < k1 or rest:
+        pk = np.empty((weight.shape[0], PANEL_BYTES // weight.itemsize), dtype=weight.dtype)
+        pack_columns(pk, weight, j0, j1)
+        for k in range(k0, k1):
+            b0 = PANEL_ROWS * k
+            delta_panel(dinp, b0, j0, j1, dout, pk)
+            times_derivative(dinp, inp, act, b0, b0 + PANEL_ROWS, j0, j1)
+        if rest:
+            for s in range(PANEL_ROWS * panel_blocks(B), B, 4):
+                backward_tile(dinp, dout, weight, inp, act, s, min(s + 4, B), j0, j1)
 
 
 @jit(noalias=True)
@@ -414,7 +529,17 @@ def backward_tile(dinp, dout, weight, inp, act, b0, b1, j0, j1):
             while i < n_out:
                 row_rank1(dinp, b, weight, i, u0, u1, dout[b, i], None)
                 i += 1
+    times_derivative(dinp, inp, act, b0, b1, j0, j1)
+
+
+@jit(noalias=True)
+def times_derivative(dinp, inp, act, b0, b1, j0, j1):
+    """``dinp[b, j] *= f'(inp[b, j])`` for samples ``b0 .. b1 - 1``, columns ``j0 .. j1 - 1``
+    (nothing for the identity). One function for every tile of ``dense_backward``, so that
+    every element takes the same operations."""
     if act != IDENTITY:
+        u0 = np.uint64(j0)
+        u1 = np.uint64(j1)
         for b in range(b0, b1):
             for j in range(u0, u1):
                 dinp[b, j] *= activation_grad(inp[b, j], act)
@@ -495,13 +620,28 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     16 vector multiply-adds; the last 1 to 3 rows take rank-4 updates by rows. The threads
     share (4-row, column-chunk) tiles; when the batch of inputs is larger than
     ``GRAD_COLUMNS_BYTES``, they share strips of columns (whole 16-element pieces,
-    ``grad_strips``) instead, every row of a strip before the next. An element's result does
-    not depend on how the columns are split (``grad_tile``), so neither on the split nor on
-    the thread count.
+    ``grad_strips``) instead, every row of a strip before the next. When the panels pay
+    (``use_grad_panels``; C-contiguous arrays), a task owns a strip of ``PANEL_BYTES`` of columns for a share of
+    the rows instead (``grad_panel_strip``: the input's strip copied into a packed panel, then
+    6-row tiles over it). An element's result does not depend on how the columns are split
+    (``grad_tile``), nor on the path (the 6-row tiles take the same operations), so neither on
+    the split nor on the thread count.
     """
     B = dout.shape[0]
     n_in = inp.shape[1]
     n_out = dweight.shape[0]
+    if use_grad_panels(B, n_out, n_in * inp.itemsize) and packable(dweight, dout, inp):
+        nr = PANEL_BYTES // inp.itemsize
+        n_pan = (n_in + nr - 1) // nr
+        n6 = panel_blocks(n_out)
+        for t in prange(n_pan * PANEL_GROUPS):
+            p = t // PANEL_GROUPS
+            g = t % PANEL_GROUPS
+            j0 = p * nr
+            grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0,
+                             min(j0 + nr, n_in), n6 * g // PANEL_GROUPS,
+                             n6 * (g + 1) // PANEL_GROUPS, g == PANEL_GROUPS - 1)
+        return
     n_vec = (n_in + 15) // 16
     n_strips = grad_strips(n_vec)
     if B * n_in * inp.itemsize > GRAD_COLUMNS_BYTES and n_strips > 1:
@@ -520,6 +660,44 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
             j0 = min((t % n_chunks) * width, n_in)
             grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out), j0,
                        min(j0 + width, n_in), None)
+
+
+def grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
+    """Columns ``j0 .. j1 - 1`` of ``dense_grad`` for the 6-row blocks ``k0 .. k1 - 1`` of ``dW``
+    (rows ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the rows after the last block
+    (``panel_blocks``) in ``grad_block``'s 4-row tiles; the bias of those rows when ``j0`` is 0.
+    ``inp[:, j0:j1]`` is first copied into a packed panel (one allocation of ``B x
+    PANEL_BYTES``), which each 6-row tile (``simd.grad_panel``) then reads in order.
+    C-contiguous arrays only (``packable``)."""
+
+
+@overload(grad_panel_strip)
+def _grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
+    if not all(a.layout == "C" for a in (dweight, dout, inp)):
+        return lambda dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest: None
+
+    def strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
+        grad_panel_body(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest)
+    return strip
+
+
+@jit(noalias=True)
+def grad_panel_body(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
+    """``grad_panel_strip`` for C-contiguous arrays."""
+    n_out = dweight.shape[0]
+    if k0 < k1 or rest:
+        pk = np.empty((inp.shape[0], PANEL_BYTES // inp.itemsize), dtype=inp.dtype)
+        pack_columns(pk, inp, j0, j1)
+        for k in range(k0, k1):
+            grad_panel(dweight, PANEL_ROWS * k, j0, j1, dout, pk, None, scale, accumulate)
+        if j0 == 0:
+            # the bias in the 4-row pieces of ``grad_block`` (the same lanes, the same numbers)
+            for i0 in range(4 * ((PANEL_ROWS * k0 + 3) // 4), PANEL_ROWS * k1, 4):
+                bias_sums(dbias, dout, scale, accumulate, i0, i0 + 4)
+        if rest:
+            for i0 in range(PANEL_ROWS * panel_blocks(n_out), n_out, 4):
+                grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out),
+                           j0, j1, None)
 
 
 @jit(noalias=True)

@@ -259,12 +259,13 @@ def _splat(builder, value, vty):
 
 
 def _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, j, mask):
-    """The register tile shared by the gradient and delta propagation: for u < 4 and v < nv,
+    """The register tile shared by the gradient and delta propagation: for u < mr and v < nv,
     ``acc[u * nv + v] = sum_t c_u(t) * source_row(t)[j + v * lanes ...]`` over t < n_terms, in
-    order from 0 (``coefficients(t)``: the 4 scalars c_u(t); ``source_row(t)``: a pointer to a
-    row). Each term costs nv vector loads and 4 broadcasts for 4 nv multiply-adds; the sums
-    stay in registers (``acc``: allocas, promoted)."""
+    order from 0 (``coefficients(t)``: the mr scalars c_u(t), mr = ``len(acc) // nv``;
+    ``source_row(t)``: a pointer to a row). Each term costs nv vector loads and mr broadcasts
+    for mr nv multiply-adds; the sums stay in registers (``acc``: allocas, promoted)."""
     lanes = vty.count
+    mr = len(acc) // nv
     zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * lanes)
     for a in acc:
         builder.store(zero, a)
@@ -277,7 +278,7 @@ def _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, 
         for v in range(nv):
             x = _vector_load(builder, builder.gep(row, [builder.add(j, intp_t(v * lanes))]), vty,
                              align, mask)
-            for u in range(4):
+            for u in range(mr):
                 a = acc[u * nv + v]
                 builder.store(builder.call(fma, [c[u], x, builder.load(a)]), a)
 
@@ -298,11 +299,12 @@ def _column_pieces(builder, start, stop, lanes, nv_max, emit):
 
 
 class _Accumulators:
-    """Allocas for the register tiles of one intrinsic, by (vectors, lanes) (allocas in the
-    entry block: the optimizer promotes them to registers)."""
+    """Allocas for the register tiles of one intrinsic (``mr`` rows), by (vectors, lanes)
+    (allocas in the entry block: the optimizer promotes them to registers)."""
 
-    def __init__(self, builder):
+    def __init__(self, builder, mr=4):
         self.builder = builder
+        self.mr = mr
         self.slots = {}
 
     def __call__(self, nv, vty):
@@ -310,7 +312,7 @@ class _Accumulators:
         if key not in self.slots:
             zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * vty.count)
             self.slots[key] = [cgutils.alloca_once_value(self.builder, zero)
-                               for _ in range(4 * nv)]
+                               for _ in range(self.mr * nv)]
         return self.slots[key]
 
 
@@ -331,6 +333,75 @@ def _lanes_and_tile(dtype):
     return bits // dtype.bitwidth, 4 if bits == 512 else 2
 
 
+# Packed panels (``dense_backward`` and ``dense_grad`` on large batches): the source rows are
+# copied into a contiguous panel of ``panel_width`` columns, and the tile has ``PANEL_ROWS``
+# rows of sums. Read in place, rows ``n_in`` elements apart (4 KiB at 1024 float32 columns) all
+# fall in the same few L1 sets and stream from L2; packed, they stream in order from L1/L2 and
+# every loaded vector feeds 6 rows, not 4. 6 rows x 4 vectors (24 of AVX-512's 32 registers)
+# or x 2 (12 of 16). Measurements: docs/performance.md, "Packed panels".
+PANEL_ROWS = 6
+
+
+def panel_vectors():
+    """Vectors per row of a panel tile: 4 with AVX-512's 32 registers, 2 with 16."""
+    return 4 if vector_bits() == 512 else 2
+
+
+def _source_arguments(rows):
+    """Whether ``rows`` is None or a 1-D integer array (rows of the source read by index)."""
+    return isinstance(rows, types.NoneType) or (
+        isinstance(rows, types.Array) and rows.ndim == 1 and isinstance(rows.dtype, types.Integer))
+
+
+def _grad_codegen(dtype, rows, mr, nv_max, packed):
+    """Code of ``grad_tile`` (``packed`` False: ``mr`` = 4, ``nv_max`` by the registers) and of
+    ``grad_panel`` (``packed``: the source is a panel whose column 0 is column ``j0``)."""
+    def codegen(context, builder, signature, args):
+        g = _Codegen(context, builder, signature, args, dtype)
+        intp_t, index, fty, lanes, align = g.intp, g.index, g.fty, g.lanes, g.align
+        i0 = index(1)
+        j0 = index(2)
+        n_samples = g.rows(4, signature.args[4])
+        scale = context.cast(builder, args[7], signature.args[7], dtype)
+        keep = args[8]
+        accumulators = _Accumulators(builder, mr)
+        dout, inp = signature.args[4], signature.args[5]
+
+        def coefficients(b):
+            d_row = _row_pointer(context, builder, dout, args[4], b)
+            return [builder.load(builder.gep(d_row, [builder.add(i0, intp_t(u))]))
+                    for u in range(mr)]
+
+        def source_row(b):
+            if isinstance(rows, types.NoneType):
+                r = b
+            else:
+                rows_data = context.make_array(rows)(context, builder, args[6]).data
+                r = context.cast(builder, builder.load(builder.gep(rows_data, [b])),
+                                 rows.dtype, types.intp)
+            row = _row_pointer(context, builder, inp, args[5], r)
+            # a panel's column 0 is column j0: the tile indexes it by j - j0
+            return builder.gep(row, [builder.neg(j0)]) if packed else row
+
+        def emit(j, nv, mask):
+            vty = ir.VectorType(fty, lanes)
+            acc = accumulators(nv, vty)
+            _rank_tile(builder, vty, align, acc, nv, n_samples, coefficients, source_row, j,
+                       mask)
+            step = _splat(builder, scale, vty)
+            for u in range(mr):
+                w_row = _row_pointer(context, builder, signature.args[0], args[0],
+                                     builder.add(i0, intp_t(u)))
+                for v in range(nv):
+                    p = builder.gep(w_row, [builder.add(j, intp_t(v * lanes))])
+                    _apply_step(builder, p, builder.load(acc[u * nv + v]), step, keep, align,
+                                mask)
+
+        _column_pieces(builder, j0, index(3), lanes, nv_max, emit)
+        return context.get_dummy_value()
+    return codegen
+
+
 @intrinsic
 def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate):
     """Rows ``i0 .. i0 + 3``, columns ``j0 .. j1 - 1`` of the gradient step: ``dweight[i, j] =
@@ -345,57 +416,65 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
     (B, n_out), inp (N, n_in): C-contiguous, one float dtype; rows None or (B,) int64;
     i0, j0, j1: integers (not checked)."""
     dtype = _c_float_arrays(dweight, dout, inp)
-    if dtype is None:
-        return None
-    if not (isinstance(rows, types.NoneType) or (
-            isinstance(rows, types.Array) and rows.ndim == 1 and isinstance(
-                rows.dtype, types.Integer))):
+    if dtype is None or not _source_arguments(rows):
         return None
     if not (_integers(i0, j0, j1) and _step_arguments(scale, accumulate)):
         return None
+    codegen = _grad_codegen(dtype, rows, 4, _lanes_and_tile(dtype)[1], False)
+    return types.void(dweight, i0, j0, j1, dout, inp, rows, scale, accumulate), codegen
 
+
+@intrinsic
+def grad_panel(typingctx, dweight, i0, j0, j1, dout, panel, rows, scale, accumulate):
+    """``grad_tile`` for ``PANEL_ROWS`` rows ``i0 ..`` of ``dweight`` from a packed panel:
+    ``panel[b, j - j0]`` holds ``inp[b, j]`` for ``j0 <= j < j1`` (``panel``: (B, >= j1 - j0),
+    C-contiguous). The same operations per element as ``grad_tile`` (multiply-adds in sample
+    order from 0, then the step), so the same numbers, bit for bit. ``rows`` must be None."""
+    dtype = _c_float_arrays(dweight, dout, panel)
+    if dtype is None or not isinstance(rows, types.NoneType):
+        return None
+    if not (_integers(i0, j0, j1) and _step_arguments(scale, accumulate)):
+        return None
+    codegen = _grad_codegen(dtype, rows, PANEL_ROWS, panel_vectors(), True)
+    return types.void(dweight, i0, j0, j1, dout, panel, rows, scale, accumulate), codegen
+
+
+def _delta_codegen(dtype, mr, nv_max, packed):
+    """Code of ``delta_tile`` (``mr`` = 4, ``nv_max`` by the registers) and of ``delta_panel``
+    (``packed``: the source is a panel whose column 0 is column ``j0``)."""
     def codegen(context, builder, signature, args):
         g = _Codegen(context, builder, signature, args, dtype)
-        intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
-                                                    g.align)
-        i0 = index(1)
-        n_samples = g.rows(4, dout)
-        scale = context.cast(builder, args[7], signature.args[7], dtype)
-        keep = args[8]
-        accumulators = _Accumulators(builder)
+        intp_t, index, fty, lanes, align = g.intp, g.index, g.fty, g.lanes, g.align
+        b0 = index(1)
+        j0 = index(2)
+        dinp, dout, weight = signature.args[0], signature.args[4], signature.args[5]
+        n_terms = g.rows(5, weight)
+        d_rows = [_row_pointer(context, builder, dout, args[4], builder.add(b0, intp_t(u)))
+                  for u in range(mr)]
+        out_rows = [_row_pointer(context, builder, dinp, args[0], builder.add(b0, intp_t(u)))
+                    for u in range(mr)]
+        accumulators = _Accumulators(builder, mr)
 
-        def coefficients(b):
-            d_row = _row_pointer(context, builder, dout, args[4], b)
-            return [builder.load(builder.gep(d_row, [builder.add(i0, intp_t(u))]))
-                    for u in range(4)]
+        def coefficients(i):
+            return [builder.load(builder.gep(r, [i])) for r in d_rows]
 
-        def source_row(b):
-            if isinstance(rows, types.NoneType):
-                r = b
-            else:
-                rows_data = context.make_array(rows)(context, builder, args[6]).data
-                r = context.cast(builder, builder.load(builder.gep(rows_data, [b])),
-                                 rows.dtype, types.intp)
-            return _row_pointer(context, builder, inp, args[5], r)
+        def source_row(i):
+            row = _row_pointer(context, builder, weight, args[5], i)
+            # a panel's column 0 is column j0: the tile indexes it by j - j0
+            return builder.gep(row, [builder.neg(j0)]) if packed else row
 
         def emit(j, nv, mask):
             vty = ir.VectorType(fty, lanes)
             acc = accumulators(nv, vty)
-            _rank_tile(builder, vty, align, acc, nv, n_samples, coefficients, source_row, j,
-                       mask)
-            step = _splat(builder, scale, vty)
-            for u in range(4):
-                w_row = _row_pointer(context, builder, dweight, args[0],
-                                     builder.add(i0, intp_t(u)))
+            _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, j, mask)
+            for u in range(mr):
                 for v in range(nv):
-                    p = builder.gep(w_row, [builder.add(j, intp_t(v * lanes))])
-                    _apply_step(builder, p, builder.load(acc[u * nv + v]), step, keep, align,
-                                mask)
+                    p = builder.gep(out_rows[u], [builder.add(j, intp_t(v * lanes))])
+                    _vector_store(builder, builder.load(acc[u * nv + v]), p, align, mask)
 
-        _column_pieces(builder, index(2), index(3), lanes, nv_max, emit)
+        _column_pieces(builder, j0, index(3), lanes, nv_max, emit)
         return context.get_dummy_value()
-
-    return types.void(dweight, i0, j0, j1, dout, inp, rows, scale, accumulate), codegen
+    return codegen
 
 
 @intrinsic
@@ -409,42 +488,23 @@ def delta_tile(typingctx, dinp, b0, j0, j1, dout, weight):
     (B, n_out), weight (n_out, n_in): C-contiguous, one float dtype; b0, j0, j1: integers (not
     checked)."""
     dtype = _c_float_arrays(dinp, dout, weight)
-    if dtype is None:
+    if dtype is None or not _integers(b0, j0, j1):
         return None
-    if not _integers(b0, j0, j1):
-        return None
-
-    def codegen(context, builder, signature, args):
-        g = _Codegen(context, builder, signature, args, dtype)
-        intp_t, index, fty, lanes, nv_max, align = (g.intp, g.index, g.fty, g.lanes, g.nv_max,
-                                                    g.align)
-        b0 = index(1)
-        n_terms = g.rows(5, weight)
-        d_rows = [_row_pointer(context, builder, dout, args[4], builder.add(b0, intp_t(u)))
-                  for u in range(4)]
-        out_rows = [_row_pointer(context, builder, dinp, args[0], builder.add(b0, intp_t(u)))
-                    for u in range(4)]
-        accumulators = _Accumulators(builder)
-
-        def coefficients(i):
-            return [builder.load(builder.gep(r, [i])) for r in d_rows]
-
-        def source_row(i):
-            return _row_pointer(context, builder, weight, args[5], i)
-
-        def emit(j, nv, mask):
-            vty = ir.VectorType(fty, lanes)
-            acc = accumulators(nv, vty)
-            _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, j, mask)
-            for u in range(4):
-                for v in range(nv):
-                    p = builder.gep(out_rows[u], [builder.add(j, intp_t(v * lanes))])
-                    _vector_store(builder, builder.load(acc[u * nv + v]), p, align, mask)
-
-        _column_pieces(builder, index(2), index(3), lanes, nv_max, emit)
-        return context.get_dummy_value()
-
+    codegen = _delta_codegen(dtype, 4, _lanes_and_tile(dtype)[1], False)
     return types.void(dinp, b0, j0, j1, dout, weight), codegen
+
+
+@intrinsic
+def delta_panel(typingctx, dinp, b0, j0, j1, dout, panel):
+    """``delta_tile`` for ``PANEL_ROWS`` samples ``b0 ..`` from a packed panel: ``panel[i, j -
+    j0]`` holds ``weight[i, j]`` for ``j0 <= j < j1`` (``panel``: (n_out, >= j1 - j0),
+    C-contiguous). The same operations per element as ``delta_tile``, so the same numbers, bit
+    for bit."""
+    dtype = _c_float_arrays(dinp, dout, panel)
+    if dtype is None or not _integers(b0, j0, j1):
+        return None
+    codegen = _delta_codegen(dtype, PANEL_ROWS, panel_vectors(), True)
+    return types.void(dinp, b0, j0, j1, dout, panel), codegen
 
 
 @intrinsic
