@@ -18,6 +18,7 @@ import naive
 from fastbp import _config
 from fastbp import kernels as K
 from fastbp.kernels.dense import bias_sums, deferred_sweep, forward_units, grad_block
+from fastbp.kernels.simd import vector_bits
 
 ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")
 ALL_ACTS = ELEMENTWISE + ("softmax",)
@@ -235,7 +236,8 @@ for dtype in (np.float32, np.float64):
             assert np.isfinite(out).all(), (dtype, B, n_in, n_out)
             worst = max(worst, float((np.abs(out - d64 @ W64) / bound).max()))
 
-# the gradient's packed panels (dense.use_grad_panels): bitwise the 4-row tiles
+# a batch large enough for the gradient's packed panels (dense.use_grad_panels, AVX-512
+# only): bitwise the 4-row tiles
 for dtype in (np.float32, np.float64):
     B, n_in, n_out = 258, 256, 515
     X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
@@ -497,7 +499,9 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
     if act != "identity":
         return  # the gradient has no activation: once per dtype
     for B, n_in, n_out in GRAD_PANEL_SHAPES:
-        assert use_grad_panels(B, n_out, n_in * np.dtype(dtype).itemsize)
+        # (with AVX-512; below it the gradient keeps the 4-row tiles, checked all the same)
+        assert use_grad_panels(B, n_out, n_in * np.dtype(dtype).itemsize) == (
+            vector_bits() == 512)
         X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
         d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
         W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)

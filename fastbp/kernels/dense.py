@@ -45,6 +45,12 @@ GRAD_COLUMNS_BYTES = 512 * 1024
 # and 298 against 299 and 302).
 FORWARD_SAMPLES_BYTES = 512 * 1024
 FORWARD_CHUNK = 32
+# ... and chunks of up to ``FORWARD_CHUNK_MAX`` samples, at least 4 to a batch
+# (``forward_chunk``): ``W`` is read again for every chunk, and a chunk of 128 inputs of 784
+# to 1024 floats still stays in L2. 784-1024 and 1024-1024, float32, 2 threads, batch 256 and
+# 1024: 3 to 9 % faster with 64 than with 32, 1 to 7 % more with 128 (docs/performance.md,
+# "Packed panels").
+FORWARD_CHUNK_MAX = 128
 # ``deferred_sweep``: while a task applies the step to its first this many 4-row blocks, it
 # prefetches the new batch into L2, and it takes their sums after. On 784-128-10, batch 32,
 # float32, 2 threads, in-order data, epoch time over the one-layer sweep that came before
@@ -277,6 +283,14 @@ def forward_units(out, inp, weight, bias, t, rows, b0, b1):
             forward_row(out, inp, weight, bias, i, rows, b0, b1)
 
 
+@jit()
+def forward_chunk(B):
+    """Samples per chunk of ``dense_forward``'s large batches: a quarter of the batch (at least
+    4 chunks to share), in whole 4-sample tiles, between ``FORWARD_CHUNK`` and
+    ``FORWARD_CHUNK_MAX``."""
+    return min(FORWARD_CHUNK_MAX, max(FORWARD_CHUNK, B // 16 * 4))
+
+
 def dense_forward(out, inp, weight, bias, act):
     """out = f(inp W^T + b), i.e. ``(z)_bi = sum_j W_ij x_bj + b_i`` and ``out_bi = f(z_bi)``.
 
@@ -285,7 +299,7 @@ def dense_forward(out, inp, weight, bias, act):
     element-wise ones over the whole output in ``ACT_CHUNK`` pieces: ``activate_part``).
     A thread owns whole 4-unit blocks (``forward_rows4``; the last 1 to 3 units
     ``forward_row``) over the whole batch; when the batch of inputs is larger than
-    ``FORWARD_SAMPLES_BYTES``, whole chunks of ``FORWARD_CHUNK`` samples over every unit
+    ``FORWARD_SAMPLES_BYTES``, whole chunks of samples (``forward_chunk``) over every unit
     instead, so that each input row is read from memory once (a block would read the whole
     batch again). A sample's sums do not depend on the split or on the thread count.
     """
@@ -293,9 +307,10 @@ def dense_forward(out, inp, weight, bias, act):
     n_out = weight.shape[0]
     n_blk = (n_out + 3) // 4
     if B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES:
-        for c in prange((B + FORWARD_CHUNK - 1) // FORWARD_CHUNK):
-            c0 = c * FORWARD_CHUNK
-            c1 = min(c0 + FORWARD_CHUNK, B)
+        chunk = forward_chunk(B)
+        for c in prange((B + chunk - 1) // chunk):
+            c0 = c * chunk
+            c1 = min(c0 + chunk, B)
             for t in range(n_blk):
                 forward_units(out, inp, weight, bias, t, None, c0, c1)
     else:
@@ -448,8 +463,10 @@ def use_grad_panels(n_samples, n_rows, row_bytes):
     input's strip streams from L2 for every 4 rows; it pays to pack it from
     ``GRAD_PANEL_MIN_SAMPLES`` samples and ``PANEL_MIN_TERMS`` rows when the rows are a
     multiple of 1 KiB apart (they then share a few cache sets), from
-    ``GRAD_PANEL_ANY_STRIDE`` samples otherwise."""
-    if n_rows < PANEL_MIN_TERMS or n_samples < GRAD_PANEL_MIN_SAMPLES:
+    ``GRAD_PANEL_ANY_STRIDE`` samples otherwise. Only with AVX-512's 4-vector panels: with
+    16 registers (2-vector panels) the 6-row tiles read ``dout`` for half the work and were
+    slower than the 4-row tiles in place."""
+    if PANEL_BYTES < 256 or n_rows < PANEL_MIN_TERMS or n_samples < GRAD_PANEL_MIN_SAMPLES:
         return False
     return n_samples >= GRAD_PANEL_ANY_STRIDE or row_bytes % 1024 == 0
 
