@@ -80,6 +80,20 @@ class DenseLayer(_DenseLayerBase):
         self._setup(width, batch, dtype)
 
 
+class BigLayer(_DenseLayerBase):
+    """The threaded kernels at the big square layer of the deep workloads (1024 x 1024) and
+    the batches that take the packed panels (``dense.use_panels``: 256 and 1024 samples)."""
+    param_names = ["batch", "dtype", "threads"]
+    params = [[256] if FAST else [256, 1024], DTYPES, THREADS]
+    forward = staticmethod(K.dense_forward)
+    backward = staticmethod(K.dense_backward)
+    grad = staticmethod(K.dense_grad)
+
+    def setup(self, batch, dtype, threads):
+        self.pin_threads(threads)
+        self._setup(1024, batch, dtype)
+
+
 class DeferredSweep(Benchmark):
     """``deferred_sweep`` on a square layer followed by a layer of 10 units: delta propagation
     through the 10-unit layer, its step and this layer's, then the forward pass of a new batch,

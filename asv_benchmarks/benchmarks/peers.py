@@ -33,8 +33,10 @@ except ModuleNotFoundError as exc:   # a fastbp from before fastbp.bench: skip t
     engines = workloads = XLA_ONE_THREAD = None
 
 ENGINES = ["fastbp", "numpy", "torch", "jax", "jax-scan"]
+# the last three: big layers and big batches (issue 18, Speed II)
 WORKLOADS = (["mnist-b32"] if FAST else
-             ["seed-b1", "tiny-b1", "mnist-b32", "odd-b1", "odd-b17", "mnist-b256"])
+             ["seed-b1", "tiny-b1", "mnist-b32", "odd-b1", "odd-b17", "mnist-b256", "wide-b128",
+              "deep-b256", "deep-b1024"])
 
 
 def _cores():

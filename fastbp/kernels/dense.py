@@ -8,7 +8,8 @@ threaded region) is threaded only.
 
 Threads never write the same element: the forward pass gives each thread whole 4-row blocks of
 output units, delta propagation whole (4-sample, column-chunk) tiles of ``dinp``, and the gradient
-whole (4-row, column-chunk) tiles of ``dW``. There are no atomics and no reductions across threads, so a result
+whole (4-row, column-chunk) tiles of ``dW`` (on big layers, strips of columns of ``dinp``
+and ``dW`` over packed panels). There are no atomics and no reductions across threads, so a result
 does not depend on the number of threads.
 """
 import numpy as np
