@@ -420,15 +420,10 @@ def dense_backward(dinp, dout, weight, inp, act):
     B, n_in = dinp.shape
     if use_panels(B, weight.shape[0]) and packable(dinp, dout, weight):
         nr = PANEL_BYTES // weight.itemsize
-        n_pan = (n_in + nr - 1) // nr
         n6 = panel_blocks(B)
-        for t in prange(n_pan * PANEL_GROUPS):
-            p = t // PANEL_GROUPS
-            g = t % PANEL_GROUPS
-            j0 = p * nr
-            backward_panel(dinp, dout, weight, inp, act, j0, min(j0 + nr, n_in),
-                           n6 * g // PANEL_GROUPS, n6 * (g + 1) // PANEL_GROUPS,
-                           g == PANEL_GROUPS - 1)
+        for t in prange((n_in + nr - 1) // nr * PANEL_GROUPS):
+            j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6)
+            backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, last)
         return
     n_sblk = (B + 3) // 4
     n_chunks = (n_in + CHUNK - 1) // CHUNK
@@ -470,6 +465,18 @@ def use_grad_panels(n_samples, n_rows, row_bytes):
     if PANEL_BYTES < 256 or n_rows < PANEL_MIN_TERMS or n_samples < GRAD_PANEL_MIN_SAMPLES:
         return False
     return n_samples >= GRAD_PANEL_ANY_STRIDE or row_bytes % 1024 == 0
+
+
+@jit()
+def panel_task(t, nr, n_cols, n6):
+    """Task ``t`` of a panel path: columns ``[j0, j1)`` (strip ``t // PANEL_GROUPS``, ``nr``
+    wide, of ``n_cols``), the 6-row blocks ``[k0, k1)`` (share ``t % PANEL_GROUPS`` of
+    ``n6``), and whether it is the strip's last share (which also takes the rows after the
+    blocks)."""
+    g = t % PANEL_GROUPS
+    j0 = t // PANEL_GROUPS * nr
+    return (j0, min(j0 + nr, n_cols), n6 * g // PANEL_GROUPS, n6 * (g + 1) // PANEL_GROUPS,
+            g == PANEL_GROUPS - 1)
 
 
 @jit()
@@ -650,15 +657,10 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     n_out = dweight.shape[0]
     if use_grad_panels(B, n_out, n_in * inp.itemsize) and packable(dweight, dout, inp):
         nr = PANEL_BYTES // inp.itemsize
-        n_pan = (n_in + nr - 1) // nr
         n6 = panel_blocks(n_out)
-        for t in prange(n_pan * PANEL_GROUPS):
-            p = t // PANEL_GROUPS
-            g = t % PANEL_GROUPS
-            j0 = p * nr
-            grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0,
-                             min(j0 + nr, n_in), n6 * g // PANEL_GROUPS,
-                             n6 * (g + 1) // PANEL_GROUPS, g == PANEL_GROUPS - 1)
+        for t in prange((n_in + nr - 1) // nr * PANEL_GROUPS):
+            j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6)
+            grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, last)
         return
     n_vec = (n_in + 15) // 16
     n_strips = grad_strips(n_vec)
