@@ -63,8 +63,9 @@ PREFETCH_BLOCKS = 4
 # ``PANEL_MIN_PRODUCT`` samples x terms, ``dense_backward`` and ``dense_grad`` copy the strip of
 # the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
-# 6-row block. Below that the copy costs more than it saves (and short strips stay in cache). Each column strip is split into ``PANEL_GROUPS`` tasks (each packs its own copy) so
-# that 2 threads get equal shares when the strips do not divide evenly. Measurements:
+# 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
+# Each column strip is split into ``PANEL_GROUPS`` tasks (each packs its own copy) so that 2
+# threads get equal shares when the strips do not divide evenly. Measurements:
 # docs/performance.md, "Packed panels".
 PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 512
@@ -646,11 +647,11 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     share (4-row, column-chunk) tiles; when the batch of inputs is larger than
     ``GRAD_COLUMNS_BYTES``, they share strips of columns (whole 16-element pieces,
     ``grad_strips``) instead, every row of a strip before the next. When the panels pay
-    (``use_grad_panels``; C-contiguous arrays), a task owns a strip of ``PANEL_BYTES`` of columns for a share of
-    the rows instead (``grad_panel_strip``: the input's strip copied into a packed panel, then
-    6-row tiles over it). An element's result does not depend on how the columns are split
-    (``grad_tile``), nor on the path (the 6-row tiles take the same operations), so neither on
-    the split nor on the thread count.
+    (``use_grad_panels``; C-contiguous arrays), a task owns a strip of ``PANEL_BYTES`` of
+    columns for a share of the rows instead (``grad_panel_strip``: the input's strip copied
+    into a packed panel, then 6-row tiles over it). An element's result does not depend on
+    how the columns are split (``grad_tile``), nor on the path (the 6-row tiles take the same
+    operations), so neither on the split nor on the thread count.
     """
     B = dout.shape[0]
     n_in = inp.shape[1]
