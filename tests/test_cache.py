@@ -304,3 +304,51 @@ def test_own_copies_of_callees(tmp_path):
     assert res.returncode == 0, res.stderr
     linkages = json.loads(res.stdout)
     assert "internal" in linkages and "linkonce_odr" not in linkages, linkages
+
+
+def test_prange_wrappers_of_fastbp_kernels_emit_no_machine_code(tmp_path):
+    """numba's two wrapper libraries around a fastbp kernel's ``prange`` loop are linked into the
+    kernel without their own optimization and machine code (_config, "link-only"); a user's own
+    parallel function still gets numba's usual build, and both compute the right numbers."""
+    script = textwrap.dedent("""
+        import json
+        import numba
+        import numpy as np
+        from numba.core import codegen
+        import fastbp
+        from fastbp import _config
+        from fastbp.kernels import dense
+        emitted = []
+        emit = codegen.JITCodeLibrary._finalize_specific
+        def spy(library):
+            emitted.append(library.name)
+            return emit(library)
+        codegen.JITCodeLibrary._finalize_specific = spy
+        wrappers = lambda: [n for n in emitted if n.startswith(_config._PARFOR_WRAPPERS)]
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((64, 40)).astype(np.float32)
+        W = rng.standard_normal((48, 40)).astype(np.float32)
+        b = rng.standard_normal(48).astype(np.float32)
+        out = np.empty((64, 48), np.float32)
+        dense.dense_forward(out, x, W, b, 0)  # 0: identity
+        ours = wrappers()
+        error = float(np.abs(out - (x.astype(np.float64) @ W.T + b)).max())
+        emitted.clear()
+
+        @numba.njit(parallel=True)
+        def user(v):
+            s = np.empty_like(v)
+            for i in numba.prange(v.shape[0]):
+                s[i] = 2.0 * v[i]
+            return s
+        doubled = user(np.arange(1000.0))
+        print(json.dumps({"ours": ours, "kernel_error": error, "user": wrappers(),
+                          "user_ok": bool((doubled == 2 * np.arange(1000.0)).all())}))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path, FASTBP_CACHE="0"),
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ours"] == [] and out["kernel_error"] < 1e-3, out
+    assert len(out["user"]) == 2 and out["user_ok"], out
