@@ -497,38 +497,42 @@ def pack_columns(pk, src, j0, j1):
             pk[r, j - j0] = src[r, j]
 
 
+@jit(noalias=True)
 def backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
     """Columns ``j0 .. j1 - 1`` of ``dense_backward`` for the 6-sample blocks ``k0 .. k1 - 1``
     (samples ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the samples after the last block
     (``panel_blocks``) in ``backward_tile``'s 4-sample tiles. ``W[:, j0:j1]`` is first copied
     into a packed panel (one allocation of ``n_out x PANEL_BYTES``), which each 6-sample tile
-    (``simd.delta_panel``) then reads in order. C-contiguous arrays only (``packable``)."""
-
-
-@overload(backward_panel)
-def _backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
-    if not all(a.layout == "C" for a in (dinp, dout, weight)):
-        return lambda dinp, dout, weight, inp, act, j0, j1, k0, k1, rest: None
-
-    def panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
-        backward_panel_body(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest)
-    return panel
-
-
-@jit(noalias=True)
-def backward_panel_body(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
-    """``backward_panel`` for C-contiguous arrays."""
+    (``panel_delta``) then reads in order."""
     B = dinp.shape[0]
     if k0 < k1 or rest:
         pk = np.empty((weight.shape[0], PANEL_BYTES // weight.itemsize), dtype=weight.dtype)
         pack_columns(pk, weight, j0, j1)
         for k in range(k0, k1):
             b0 = PANEL_ROWS * k
-            delta_panel(dinp, b0, j0, j1, dout, pk)
+            panel_delta(dinp, b0, j0, j1, dout, pk)
             times_derivative(dinp, inp, act, b0, b0 + PANEL_ROWS, j0, j1)
         if rest:
             for s in range(PANEL_ROWS * panel_blocks(B), B, 4):
                 backward_tile(dinp, dout, weight, inp, act, s, min(s + 4, B), j0, j1)
+
+
+def panel_delta(dinp, b0, j0, j1, dout, pk):
+    """Samples ``b0 .. b0 + 5``, columns ``j0 .. j1 - 1`` of ``dinp = dout W`` from the packed
+    panel ``pk`` (``pk[i, j - j0] = W[i, j]``): ``simd.delta_panel``. For other layouts than
+    C-contiguous nothing (``dense_backward`` takes the panels only for C-contiguous arrays,
+    ``packable``; this only lets the path type). Chosen when compiling: the layout's switch
+    sits on the tile, not around the panel path, so that no wrapper links a copy of the whole
+    path (docs/performance.md, "Compile cache and start-up")."""
+
+
+@overload(panel_delta)
+def _panel_delta(dinp, b0, j0, j1, dout, pk):
+    if all(a.layout == "C" for a in (dinp, dout, pk)):
+        def tiles(dinp, b0, j0, j1, dout, pk):
+            delta_panel(dinp, b0, j0, j1, dout, pk)
+        return tiles
+    return lambda dinp, b0, j0, j1, dout, pk: None
 
 
 @jit(noalias=True)
@@ -683,34 +687,19 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
                        min(j0 + width, n_in), None)
 
 
+@jit(noalias=True)
 def grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
     """Columns ``j0 .. j1 - 1`` of ``dense_grad`` for the 6-row blocks ``k0 .. k1 - 1`` of ``dW``
     (rows ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the rows after the last block
     (``panel_blocks``) in ``grad_block``'s 4-row tiles; the bias of those rows when ``j0`` is 0.
     ``inp[:, j0:j1]`` is first copied into a packed panel (one allocation of ``B x
-    PANEL_BYTES``), which each 6-row tile (``simd.grad_panel``) then reads in order.
-    C-contiguous arrays only (``packable``)."""
-
-
-@overload(grad_panel_strip)
-def _grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
-    if not all(a.layout == "C" for a in (dweight, dout, inp)):
-        return lambda dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest: None
-
-    def strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
-        grad_panel_body(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest)
-    return strip
-
-
-@jit(noalias=True)
-def grad_panel_body(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
-    """``grad_panel_strip`` for C-contiguous arrays."""
+    PANEL_BYTES``), which each 6-row tile (``panel_grad``) then reads in order."""
     n_out = dweight.shape[0]
     if k0 < k1 or rest:
         pk = np.empty((inp.shape[0], PANEL_BYTES // inp.itemsize), dtype=inp.dtype)
         pack_columns(pk, inp, j0, j1)
         for k in range(k0, k1):
-            grad_panel(dweight, PANEL_ROWS * k, j0, j1, dout, pk, None, scale, accumulate)
+            panel_grad(dweight, PANEL_ROWS * k, j0, j1, dout, pk, scale, accumulate)
         if j0 == 0:
             # the bias in the 4-row pieces of ``grad_block`` (the same lanes, the same numbers)
             for i0 in range(4 * ((PANEL_ROWS * k0 + 3) // 4), PANEL_ROWS * k1, 4):
@@ -719,6 +708,22 @@ def grad_panel_body(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1
             for i0 in range(PANEL_ROWS * panel_blocks(n_out), n_out, 4):
                 grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out),
                            j0, j1, None)
+
+
+def panel_grad(dweight, i0, j0, j1, dout, pk, scale, accumulate):
+    """Rows ``i0 .. i0 + 5``, columns ``j0 .. j1 - 1`` of ``dW (+)= scale * dout^T inp`` from the
+    packed panel ``pk`` (``pk[b, j - j0] = inp[b, j]``): ``simd.grad_panel``. For other layouts
+    nothing, as ``panel_delta`` (``dense_grad`` takes the panels only for C-contiguous
+    arrays)."""
+
+
+@overload(panel_grad)
+def _panel_grad(dweight, i0, j0, j1, dout, pk, scale, accumulate):
+    if all(a.layout == "C" for a in (dweight, dout, pk)):
+        def tiles(dweight, i0, j0, j1, dout, pk, scale, accumulate):
+            grad_panel(dweight, i0, j0, j1, dout, pk, None, scale, accumulate)
+        return tiles
+    return lambda dweight, i0, j0, j1, dout, pk, scale, accumulate: None
 
 
 @jit(noalias=True)
