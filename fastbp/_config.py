@@ -34,7 +34,7 @@
   wrapper libraries around it (the gufunc loop, the thread launcher), and gives each its own
   final optimization and machine code, although only the kernel that links them calls them, in
   its own module (optimized and emitted there). ``_skip_link_only`` links the two wrappers of a
-  fastbp kernel's loops as they are: 13 to 16 % less compile time per kernel set, the same
+  fastbp kernel's loops as they are: 11 to 17 % less compile time per kernel set, the same
   results (docs/performance.md, "Compile cache and start-up"). Other code's wrappers are left
   alone (a per-thread stack of the compiles in progress says whose loop it is).
 * ``no_cfunc_wrapper``: a kernel gets no C-callable wrapper (used only to pass a dispatcher as a
