@@ -25,7 +25,8 @@ saves lacks the kernel's parallel part (numba issue #8578). So:
   compiles such a kernel only for a signature outside the sets, e.g. a driver called from the
   user's own ``@njit`` code, and keeps it in memory). Every such entry on disk therefore comes
   from a builder. Kernels that call no parallel kernel are cached wherever they compile.
-* A marker lists the kernels its build compiled, by their names, which carry the digest of the
+* A marker lists the kernels its build compiled and saved (not those compiled only for another
+  kernel to link, which are never saved: ``_config``'s "deferred kernels"), by their names, which carry the digest of the
   sources they can inline (``_config.module_digest``): an edit recompiles the sets that use
   the edited code and no others. A process that finds one of those kernels missing from the
   cache (it compiles it) removes the marker, and the next process builds the set again.
@@ -279,6 +280,10 @@ def build(path, dtype):
     with event.install_listener("numba:compile", Recorder()):
         run_path(path, dtype)
     seconds = time.perf_counter() - t0
+    # a kernel compiled only for other kernels to link is deferred and not saved (_config):
+    # not listed, so that a later process that compiles it keeps the set
+    compiled = [name for name in compiled if any(
+        not _config.is_deferred(c) for c in _config._BY_NAME[name].overloads.values())]
     folder = _cache_dir()
     if _config.CACHE and folder is not None:
         marker = _marker(path, dtype)

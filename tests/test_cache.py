@@ -352,3 +352,58 @@ def test_prange_wrappers_of_fastbp_kernels_emit_no_machine_code(tmp_path):
     out = json.loads(res.stdout)
     assert out["ours"] == [] and out["kernel_error"] < 1e-3, out
     assert len(out["user"]) == 2 and out["user_ok"], out
+
+
+DEFERRED = textwrap.dedent("""
+    import json
+    import numpy as np
+    from numba.core import codegen
+    import fastbp
+    from fastbp import _config
+    from fastbp.kernels import dense, layout as klayout, network as knet
+    emitted = []
+    emit = codegen.JITCodeLibrary._finalize_specific
+    def spy(library):
+        emitted.append(library.name)
+        return emit(library)
+    codegen.JITCodeLibrary._finalize_specific = spy
+    def own_code():
+        return [n for n in emitted if n.startswith("dense_forward__")]
+
+    rng = np.random.default_rng(0)
+    lay, n_params = klayout.make_layout([40, 48], [0])
+    params = rng.standard_normal(n_params).astype(np.float32)
+    x = rng.standard_normal((64, 40)).astype(np.float32)
+    acts = np.zeros(64 * 48, np.float32)
+    through_driver = knet.forward_batch(acts, x, params, lay, 0).copy()  # 0: always threaded
+    entries = list(dense.dense_forward.overloads.values())
+    report = {"deferred": [_config.is_deferred(c) for c in entries], "emitted": own_code()}
+    W, b = params[:48 * 40].reshape(48, 40), params[48 * 40:]
+    out = np.empty((64, 48), np.float32)
+    dense.dense_forward(out, x, W, b, 0)  # from Python: now it gets its own machine code
+    report["after"] = [_config.is_deferred(c) for c in dense.dense_forward.overloads.values()]
+    report["emitted_after"] = len(own_code())
+    report["same"] = bool((out == through_driver).all())
+    report["error"] = float(np.abs(out - (x.astype(np.float64) @ W.T + b)).max())
+    report["hits"] = sum(dense.dense_forward.stats.cache_hits.values())
+    print(json.dumps(report))
+""")
+
+
+def test_kernels_compiled_for_another_kernel_are_deferred(tmp_path):
+    """A fastbp kernel compiled only because another one calls it is linked into the caller
+    without machine code of its own (_config, "deferred kernels"); the first call from Python
+    emits it, gives the same numbers, and saves the kernel to the cache, where the next process
+    finds it."""
+    def run():
+        res = subprocess.run([sys.executable, "-c", DEFERRED], env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+    first = run()
+    assert first["deferred"] == [True] and first["emitted"] == [], first
+    assert first["after"] == [False] and first["emitted_after"] == 1, first
+    assert first["same"] and first["error"] < 1e-3 and first["hits"] == 0, first
+    second = run()  # the driver and the kernel come from the cache
+    assert second["deferred"] == [False] and second["hits"] == 1, second
+    assert second["same"] and second["error"] < 1e-3, second

@@ -18,7 +18,10 @@ from .losses import loss_sum, output_delta
 # Below this many multiply-adds a layer kernel runs on the calling thread: waking the thread
 # pool costs more than the work. Every driver below takes this threshold as its ``min_par``
 # argument (``parallel_threshold()`` gives the value for the current thread count; numba's
-# thread count is not read inside the kernels, which keeps them cacheable).
+# thread count is not read inside the kernels, which keeps them cacheable). ``min_par=None``
+# runs every layer on the calling thread and leaves the threaded kernels out of the build (the
+# deferred region's upper layers, which ``defer_first_step`` keeps unshared: 2.7 s of its
+# compile time, docs/performance.md).
 PARALLEL_MIN_WORK = 1 << 15
 SERIAL_ONLY = np.iinfo(np.int64).max
 
@@ -56,17 +59,17 @@ def parallel_threshold():
     return PARALLEL_MIN_WORK if get_num_threads() > 1 else SERIAL_ONLY
 
 
-@jit()
+@jit(driver=True)
 def layer_forward(out, a, params, layout, l, min_par):
     """One layer's forward pass, on the calling thread or shared, by the size of the work."""
     w, b = layer_params(params, layout, l)
-    if batch_threaded(a.shape[0], w, min_par):
+    if min_par is not None and batch_threaded(a.shape[0], w, min_par):
         dense_forward(out, a, w, b, layout[l, ACT])
     else:
         dense_forward_serial(out, a, w, b, layout[l, ACT])
 
 
-@jit()
+@jit(driver=True)
 def forward_batch(acts, x, params, layout, min_par):
     """Forward pass of a batch; every ``a_l`` is kept in ``acts`` for the backward pass.
 
@@ -77,7 +80,7 @@ def forward_batch(acts, x, params, layout, min_par):
     return forward_upper(acts, a, params, layout, min_par)
 
 
-@jit()
+@jit(driver=True)
 def forward_upper(acts, a, params, layout, min_par):
     """``forward_batch`` above the first layer, from its output ``a`` = a_0 (B, n_1) (in its
     slot of ``acts`` or elsewhere): a_1 .. a_L of the B samples in ``acts`` -> view of a_L (B,
@@ -90,7 +93,7 @@ def forward_upper(acts, a, params, layout, min_par):
     return a
 
 
-@jit()
+@jit(driver=True)
 def layer_backward(grads, d_prev, d, a_prev, params, layout, l, scale, min_par):
     """One layer's backward pass: its gradients from ``d`` = delta_l and ``a_prev`` = a_{l-1},
     and, unless ``l == 0``, ``d_prev`` = delta_{l-1} (computed with W_l before any update)."""
@@ -109,7 +112,7 @@ def layer_backward(grads, d_prev, d, a_prev, params, layout, l, scale, min_par):
             dense_backward_serial(d_prev, d, w, a_prev, layout[l - 1, ACT])
 
 
-@jit()
+@jit(driver=True)
 def backward_batch(grads, deltas, acts, x, y, params, layout, loss, min_par):
     """Backward pass of a batch after ``forward_batch``: gradients of the mean loss into ``grads``.
 
@@ -124,7 +127,7 @@ def backward_batch(grads, deltas, acts, x, y, params, layout, loss, min_par):
                         params.dtype.type(1.0) / params.dtype.type(B), min_par)
 
 
-@jit()
+@jit(driver=True)
 def backward_from_delta(grads, deltas, acts, x, params, layout, scale, min_par):
     """The layers' backward passes once the output delta is in its slot of ``deltas``:
     ``grads`` gets ``scale * sum_b`` of each layer's outer products."""
@@ -139,7 +142,7 @@ def backward_from_delta(grads, deltas, acts, x, params, layout, scale, min_par):
     layer_backward(grads, d, d, x, params, layout, 0, scale, min_par)
 
 
-@jit()
+@jit(driver=True)
 def backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par):
     """Backward pass of a batch after ``forward_batch``, with the plain SGD step fused into the
     gradient kernel: ``W_l -= (lr / B) delta_l^T a_{l-1}`` layer by layer, each ``delta_{l-1}``
@@ -156,7 +159,7 @@ def backward_sgd_batch(deltas, acts, x, y, params, layout, loss, lr, min_par):
         dense_grad_serial(w, b, d, x, step, True)
 
 
-@jit()
+@jit(driver=True)
 def backward_sgd_upper(deltas, acts, y, params, layout, loss, step, min_par, l_low):
     """``backward_sgd_batch`` short of the lowest layers' steps: the output delta, then for
     ``l = L-1 .. l_low`` delta_{l-1} and the step ``W_l += step * delta_l^T a_{l-1}``. Leaves
@@ -170,7 +173,7 @@ def backward_sgd_upper(deltas, acts, y, params, layout, loss, step, min_par, l_l
         w, b = layer_params(params, layout, l)
         a_prev = layer_rows(acts, layout, l - 1, B)
         d_prev = layer_rows(deltas, layout, l - 1, B)
-        if batch_threaded(B, w, min_par):
+        if min_par is not None and batch_threaded(B, w, min_par):
             dense_backward(d_prev, d, w, a_prev, layout[l - 1, ACT])
             dense_grad(w, b, d, a_prev, step, True)
         else:
@@ -421,14 +424,14 @@ def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts
         a = acts[(k % 2) * batch_size * S:(k % 2) * batch_size * S + B * n1].reshape((B, n1))
         deferred_sweep(a, d0_prev, inp, rows, inp_prev, rows_prev, a_prev, d1_prev, w0, b0, w1,
                        b1, step_prev, B_prev > 0, layout[0, ACT], n_tasks)
-        total += loss_sum(forward_upper(acts, a, params, layout, min_par), y, loss)
+        total += loss_sum(forward_upper(acts, a, params, layout, None), y, loss)
         step_prev = -lr / params.dtype.type(B)
         d0_prev = layer_rows(deltas, layout, 0, B)
         d1_prev = deltas[B * n1:B * (n1 + m)].reshape((B, m))
         if L == 1:
             output_delta(d0_prev, a, y, loss, layout[0, ACT])
         else:
-            backward_sgd_upper(deltas, acts, y, params, layout, loss, step_prev, min_par, 2)
+            backward_sgd_upper(deltas, acts, y, params, layout, loss, step_prev, None, 2)
         inp_prev, rows_prev, B_prev = inp, rows, B
         a_prev = a
     if B_prev > 0:  # the last batch's steps: the same region without a new batch
