@@ -57,16 +57,16 @@ BUILDER_ENV = "_FASTBP_BUILDER"
 # Each set: what it covers (for the first-use message) and about how long it compiles (seconds
 # on one core of a 2-core Xeon (AVX-512), float32; docs/performance.md has the table).
 PATHS = {
-    "sgd-per-sample": ("per-sample SGD (fit with batch_size=1)", 6),
-    "sgd-batches": ("mini-batch SGD", 13),
-    "sgd-deferred": ("mini-batch SGD with the deferred first-layer step", 17),
-    "sgd-deferred-slices": ("mini-batch SGD with the deferred first-layer step, unshuffled", 16),
-    "train-segment": ("training with momentum, Adam or sample weights", 16),
-    "sgd-hogwild": ("Hogwild per-sample SGD", 8),
-    "predict": ("inference (forward, predict, loss, validation)", 9),
-    "gradients": ("gradients", 12),
+    "sgd-per-sample": ("per-sample SGD (fit with batch_size=1)", 5),
+    "sgd-batches": ("mini-batch SGD", 11),
+    "sgd-deferred": ("mini-batch SGD with the deferred first-layer step", 11),
+    "sgd-deferred-slices": ("mini-batch SGD with the deferred first-layer step, unshuffled", 10),
+    "train-segment": ("training with momentum, Adam or sample weights", 13),
+    "sgd-hogwild": ("Hogwild per-sample SGD", 7),
+    "predict": ("inference (forward, predict, loss, validation)", 7),
+    "gradients": ("gradients", 11),
     "optimizer-step": ("optimizer steps", 2),
-    "data-parallel": ("data-parallel training (fit with comm=...)", 15),
+    "data-parallel": ("data-parallel training (fit with comm=...)", 13),
 }
 
 _lock = threading.Lock()
