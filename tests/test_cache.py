@@ -306,25 +306,32 @@ def test_own_copies_of_callees(tmp_path):
     assert "internal" in linkages and "linkonce_odr" not in linkages, linkages
 
 
+# Starts a script: ``emitted`` lists the code libraries whose machine code is emitted.
+EMIT_SPY = textwrap.dedent("""
+    from numba.core import codegen
+    emitted = []
+    emit = codegen.JITCodeLibrary._finalize_specific
+    def spy(library):
+        emitted.append(library.name)
+        return emit(library)
+    codegen.JITCodeLibrary._finalize_specific = spy
+""")
+
+
 def test_prange_wrappers_of_fastbp_kernels_emit_no_machine_code(tmp_path):
     """numba's two wrapper libraries around a fastbp kernel's ``prange`` loop are linked into the
-    kernel without their own optimization and machine code (_config, "link-only"); a user's own
-    parallel function still gets numba's usual build, and both compute the right numbers."""
-    script = textwrap.dedent("""
+    kernel without their own optimization and machine code (_config, "link-only"), and the
+    loop's body without machine code of its own; a user's own parallel function still gets
+    numba's usual build, and both compute the right numbers."""
+    script = EMIT_SPY + textwrap.dedent("""
         import json
         import numba
         import numpy as np
-        from numba.core import codegen
         import fastbp
         from fastbp import _config
         from fastbp.kernels import dense
-        emitted = []
-        emit = codegen.JITCodeLibrary._finalize_specific
-        def spy(library):
-            emitted.append(library.name)
-            return emit(library)
-        codegen.JITCodeLibrary._finalize_specific = spy
-        wrappers = lambda: [n for n in emitted if n.startswith(_config._PARFOR_WRAPPERS)]
+        wrappers = lambda: [n for n in emitted
+                            if n.startswith(_config._PARFOR_WRAPPERS + (_config._PARFOR_BODY,))]
 
         rng = np.random.default_rng(0)
         x = rng.standard_normal((64, 40)).astype(np.float32)
@@ -351,22 +358,15 @@ def test_prange_wrappers_of_fastbp_kernels_emit_no_machine_code(tmp_path):
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["ours"] == [] and out["kernel_error"] < 1e-3, out
-    assert len(out["user"]) == 2 and out["user_ok"], out
+    assert len(out["user"]) == 3 and out["user_ok"], out
 
 
-DEFERRED = textwrap.dedent("""
+DEFERRED = EMIT_SPY + textwrap.dedent("""
     import json
     import numpy as np
-    from numba.core import codegen
     import fastbp
     from fastbp import _config
     from fastbp.kernels import dense, layout as klayout, network as knet
-    emitted = []
-    emit = codegen.JITCodeLibrary._finalize_specific
-    def spy(library):
-        emitted.append(library.name)
-        return emit(library)
-    codegen.JITCodeLibrary._finalize_specific = spy
     def own_code():
         return [n for n in emitted if n.startswith("dense_forward__")]
 
