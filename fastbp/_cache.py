@@ -28,8 +28,9 @@ saves lacks the kernel's parallel part (numba issue #8578). So:
 * A marker lists the kernels its build compiled and saved (not those compiled only for another
   kernel to link, which are never saved: ``_config``'s "deferred kernels"), by their names,
   which carry the digest of the sources they can inline (``_config.module_digest``): an edit
-  recompiles the sets that use the edited code and no others. A process that finds one of those kernels missing from the
-  cache (it compiles it) removes the marker, and the next process builds the set again.
+  recompiles the sets that use the edited code and no others. A process that finds one of
+  those kernels missing from the cache (it compiles it) removes the marker, and the next
+  process builds the set again.
 * A set a child could not build (no ``python`` to start, a build that crashed or was killed)
   is compiled in the calling process instead, with one warning, and not cached.
 
