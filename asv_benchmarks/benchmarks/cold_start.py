@@ -9,6 +9,9 @@ change that makes one path compile longer shows in that path's line alone:
 * ``import``: ``import fastbp`` alone (compiles nothing);
 * ``sgd-per-sample``: the README's job, an epoch of per-sample SGD (``batch_size=1``);
 * ``sgd-batches``: an epoch of mini-batch SGD (batch 16);
+* ``sgd-deferred``: an epoch of mini-batch SGD (batch 32) on a 784-128-10 network, whose first
+  layer is shared between threads (the deferred region of ``kernels.network``; with one
+  thread, numba's pool alone, this is ``sgd-batches`` again);
 * ``train-segment``: an epoch with Adam;
 * ``predict``: ``forward`` on a fresh model.
 
@@ -36,6 +39,9 @@ USES = {
     "import": "",
     "sgd-per-sample": "net.fit(X, y, epochs=1, batch_size=1, lr=0.5)",
     "sgd-batches": "net.fit(X, y, epochs=1, batch_size=16, lr=0.5)",
+    "sgd-deferred": ("wide = fastbp.MLP([784, 128, 10], dtype='{dtype}', seed=0)\n"
+                     "wide.fit(rng.random((256, 784), dtype=np.{dtype}), y, epochs=1, "
+                     "batch_size=32, lr=0.5)"),
     "train-segment": "net.fit(X, y, epochs=1, batch_size=16, optimizer='adam', lr=0.01)",
     "predict": "net.forward(X)",
 }
@@ -44,7 +50,7 @@ USES = {
 def statement(path, dtype):
     if path == "import":
         return "import fastbp\n"
-    return PRELUDE.format(dtype=dtype) + USES[path] + "\n"
+    return PRELUDE.format(dtype=dtype) + USES[path].format(dtype=dtype) + "\n"
 
 
 # Untimed, in the new interpreter before the statement: a fresh cache directory per sample.
