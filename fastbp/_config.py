@@ -140,7 +140,8 @@ def module_digest(name):
 
 
 DISPATCHERS = []  # every fastbp kernel, for fastbp._cache
-_DISPATCHER_IDS = set()
+# the same, by ``__qualname__`` (numba names a function's code library by it)
+_BY_NAME = {}
 UNCACHED = []     # kernels numba found no writable cache folder for (compiled in each process)
 
 NO_CACHE_FOLDER = (
@@ -148,10 +149,6 @@ NO_CACHE_FOLDER = (
     "modules nor numba's per-user cache folder), so fastbp's kernels are compiled in every "
     "process that uses them. Set NUMBA_CACHE_DIR to a writable folder to cache them, or "
     "FASTBP_CACHE=0 to turn caching off without this warning.")
-
-
-# the ``__qualname__`` of every fastbp kernel: numba names a function's code library by it
-_KERNEL_NAMES = set()
 
 
 def _own_copies(finalize_final_module):
@@ -162,7 +159,7 @@ def _own_copies(finalize_final_module):
     so that a caller keeps one copy of each callee."""
     def wrapper(library):
         module = library._final_module
-        if library.name in _KERNEL_NAMES:
+        if library.name in _BY_NAME:
             if library._shared_module is None:
                 shared = module.clone()
                 for fn in shared.functions:
@@ -199,7 +196,8 @@ class _CompileStack(event.Listener):
     def on_start(self, ev):
         stack = _compiling.__dict__.setdefault("stack", [])
         d = ev.data.get("dispatcher")
-        stack.append(d if d is not None and id(d) in _DISPATCHER_IDS else None)
+        name = getattr(getattr(d, "py_func", None), "__qualname__", None)
+        stack.append(d if d is not None and _BY_NAME.get(name) is d else None)
 
     def on_end(self, ev):
         stack = getattr(_compiling, "stack", None)
@@ -240,10 +238,6 @@ def _skip_link_only(optimize_final_module, finalize_final_module, get_pointer_to
     for wrapper in (optimize, finalize, pointer):
         wrapper.fastbp_link_only = True
     return optimize, finalize, pointer
-
-
-_BY_NAME = {}  # each fastbp kernel's dispatcher by its ``__qualname__``
-_DRIVER_IDS = set()
 
 
 class Deferred:
@@ -315,7 +309,7 @@ def _defer_nested(get_executable, add_overload, save_overload):
         if d is None or not stack or stack[-1] is not d or all(k is None for k in stack[:-1]):
             return get_executable(context, library, fndesc, env)
         library._fastbp_deferred = True
-        library._fastbp_raw = id(d) in _DRIVER_IDS
+        library._fastbp_raw = d.fastbp_driver
         library._ensure_finalized()
         return Deferred(d)
 
@@ -392,7 +386,6 @@ def jit(parallel=False, noalias=False, driver=False):
     def decorate(pyfunc):
         if CACHE:
             pyfunc.__qualname__ = f"{pyfunc.__qualname__}__{module_digest(pyfunc.__module__)}"
-        _KERNEL_NAMES.add(pyfunc.__qualname__)
         options = {"pipeline_class": _NoAliasCompiler} if noalias else {}
 
         def compile_with(cache):
@@ -409,11 +402,9 @@ def jit(parallel=False, noalias=False, driver=False):
             UNCACHED.append(pyfunc.__name__)
             dispatcher = compile_with(False)
         _plain_calls(dispatcher)
+        dispatcher.fastbp_driver = driver
         _BY_NAME[pyfunc.__qualname__] = dispatcher
-        if driver:
-            _DRIVER_IDS.add(id(dispatcher))
         DISPATCHERS.append(dispatcher)
-        _DISPATCHER_IDS.add(id(dispatcher))
         return dispatcher
     return decorate
 
