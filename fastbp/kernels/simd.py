@@ -214,19 +214,24 @@ def dot_tile(typingctx, out, b, weight, i0, inp, q0, q1, q2, q3, bias):
         fma = _multiply_add(builder, vty)
         align = dtype.bitwidth // 8
 
-        def step(j, mask=None):
+        def step(j, samples, mask=None):
             w = [_vector_load(builder, builder.gep(r, [j]), vty, align, mask) for r in w_rows]
-            x = [_vector_load(builder, builder.gep(r, [j]), vty, align, mask) for r in x_rows]
-            for k in range(4):
+            x = [_vector_load(builder, builder.gep(x_rows[k], [j]), vty, align, mask)
+                 for k in samples]
+            for k, xk in zip(samples, x):
                 for u in range(4):
                     a = acc[4 * k + u]
-                    builder.store(builder.call(fma, [w[u], x[k], builder.load(a)]), a)
+                    builder.store(builder.call(fma, [w[u], xk, builder.load(a)]), a)
 
-        with cgutils.for_range_slice(builder, intp_t(0), m, intp_t(lanes), intp_t) as (j, _):
-            step(j)
-        # the last columns (fewer than a vector): one masked step
-        with builder.if_then(builder.icmp_signed("<", m, n_in)):
-            step(m, _first_lanes(builder, lanes, builder.sub(n_in, m)))
+        # 16 accumulators and 8 loaded vectors need AVX-512's 32 registers; with 16 (AVX2) they
+        # spilled, so there the loop runs twice, 4 units x 2 samples each time: the same
+        # multiply-adds per sum, in the same order (docs/performance.md, "Forward tile at 256 bits")
+        for samples in ((0, 1, 2, 3),) if _lanes_and_tile(dtype)[1] == 4 else ((0, 1), (2, 3)):
+            with cgutils.for_range_slice(builder, intp_t(0), m, intp_t(lanes), intp_t) as (j, _):
+                step(j, samples)
+            # the last columns (fewer than a vector): one masked step
+            with builder.if_then(builder.icmp_signed("<", m, n_in)):
+                step(m, samples, _first_lanes(builder, lanes, builder.sub(n_in, m)))
         sums = _close(builder, [builder.load(a) for a in acc], lanes)
         v4 = ir.VectorType(fty, 4)
         bias_ptr = builder.gep(context.make_array(bias)(context, builder, args[9]).data, [row0])
