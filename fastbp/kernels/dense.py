@@ -454,18 +454,23 @@ def use_panels(n_samples, n_terms):
 
 
 @jit()
-def use_grad_panels(n_samples, n_rows, row_bytes):
+def use_grad_panels(n_samples, n_rows, row_bytes, coef_bytes):
     """Whether ``dense_grad`` takes the packed panels: ``n_samples`` terms per sum, read again
-    for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` apart. In place, the
-    input's strip streams from L2 for every 4 rows; it pays to pack it from
-    ``GRAD_PANEL_MIN_SAMPLES`` samples and ``PANEL_MIN_TERMS`` rows when the rows are a
-    multiple of 1 KiB apart (they then share a few cache sets), from
-    ``GRAD_PANEL_ANY_STRIDE`` samples otherwise. Only with AVX-512's 4-vector panels: with
-    16 registers (2-vector panels) the 6-row tiles read ``dout`` for half the work and were
-    slower than the 4-row tiles in place."""
-    if PANEL_BYTES < 256 or n_rows < PANEL_MIN_TERMS or n_samples < GRAD_PANEL_MIN_SAMPLES:
+    for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` apart, with their
+    coefficients (``dout``) in rows ``coef_bytes`` apart. In place, the input's strip streams
+    from L2 for every 4 rows, and rows a multiple of 1 KiB apart share a few cache sets. With
+    AVX-512's 4-vector panels: from ``GRAD_PANEL_MIN_SAMPLES`` samples and ``PANEL_MIN_TERMS``
+    rows when the input's rows are a multiple of 1 KiB apart, from ``GRAD_PANEL_ANY_STRIDE``
+    samples otherwise. With 16 registers (2-vector panels), only from
+    ``GRAD_PANEL_ANY_STRIDE`` samples, where the input's or ``dout``'s rows are a multiple of
+    1 KiB apart (elsewhere the tiles in place were as fast or faster). Not with 128-bit
+    vectors (not measured). docs/performance.md, "Packed panels"."""
+    if PANEL_BYTES < 64 or n_rows < PANEL_MIN_TERMS or n_samples < GRAD_PANEL_MIN_SAMPLES:
         return False
-    return n_samples >= GRAD_PANEL_ANY_STRIDE or row_bytes % 1024 == 0
+    if PANEL_BYTES >= 256:
+        return n_samples >= GRAD_PANEL_ANY_STRIDE or row_bytes % 1024 == 0
+    return n_samples >= GRAD_PANEL_ANY_STRIDE and (row_bytes % 1024 == 0
+                                                   or coef_bytes % 1024 == 0)
 
 
 @jit()
@@ -653,19 +658,28 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     ``grad_strips``) instead, every row of a strip before the next. When the panels pay
     (``use_grad_panels``; C-contiguous arrays), a task owns a strip of ``PANEL_BYTES`` of
     columns for a share of the rows instead (``grad_panel_strip``: the input's strip copied
-    into a packed panel, then 6-row tiles over it). An element's result does not depend on
+    into a packed panel, then 6-row tiles over it, their coefficients packed too, once per
+    call: ``pack_coefficients``). An element's result does not depend on
     how the columns are split (``grad_tile``), nor on the path (the 6-row tiles take the same
     operations), so neither on the split nor on the thread count.
     """
     B = dout.shape[0]
     n_in = inp.shape[1]
     n_out = dweight.shape[0]
-    if use_grad_panels(B, n_out, n_in * inp.itemsize) and packable(dweight, dout, inp):
+    if use_grad_panels(B, n_out, n_in * inp.itemsize, n_out * dout.itemsize) \
+            and packable(dweight, dout, inp):
         nr = PANEL_BYTES // inp.itemsize
         n6 = panel_blocks(n_out)
+        # each block's 6 coefficients per sample side by side: read in place, dout's rows are
+        # n_out apart (4 KiB at 1024 float32 units: a few cache sets) and every strip reads
+        # them all again (docs/performance.md, "Packed panels")
+        coef = np.empty((n6, B, PANEL_ROWS), dtype=dout.dtype)
+        for k in prange(n6):
+            pack_coefficients(coef, dout, np.int64(k))
         for t in prange((n_in + nr - 1) // nr * PANEL_GROUPS):
             j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6)
-            grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, last)
+            grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1, k0, k1,
+                             last)
         return
     n_vec = (n_in + 15) // 16
     n_strips = grad_strips(n_vec)
@@ -688,18 +702,29 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
 
 
 @jit(noalias=True)
-def grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k1, rest):
+def pack_coefficients(coef, dout, k):
+    """``coef[k, b, u] = dout[b, PANEL_ROWS * k + u]``: the coefficients of 6-row block ``k``
+    of ``dense_grad``'s panel tiles, sample by sample side by side."""
+    i0 = PANEL_ROWS * k
+    for b in range(dout.shape[0]):
+        for u in range(PANEL_ROWS):
+            coef[k, b, u] = dout[b, i0 + u]
+
+
+@jit(noalias=True)
+def grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1, k0, k1, rest):
     """Columns ``j0 .. j1 - 1`` of ``dense_grad`` for the 6-row blocks ``k0 .. k1 - 1`` of ``dW``
     (rows ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the rows after the last block
     (``panel_blocks``) in ``grad_block``'s 4-row tiles; the bias of those rows when ``j0`` is 0.
     ``inp[:, j0:j1]`` is first copied into a packed panel (one allocation of ``B x
-    PANEL_BYTES``), which each 6-row tile (``panel_grad``) then reads in order."""
+    PANEL_BYTES``), which each 6-row tile (``panel_grad``) then reads in order, with block
+    ``k``'s coefficients from ``coef[k]`` (``pack_coefficients``)."""
     n_out = dweight.shape[0]
     if k0 < k1 or rest:
         pk = np.empty((inp.shape[0], PANEL_BYTES // inp.itemsize), dtype=inp.dtype)
         pack_columns(pk, inp, j0, j1)
         for k in range(k0, k1):
-            panel_grad(dweight, PANEL_ROWS * k, j0, j1, dout, pk, scale, accumulate)
+            panel_grad(dweight, PANEL_ROWS * k, j0, j1, coef[k], pk, scale, accumulate)
         if j0 == 0:
             # the bias in the 4-row pieces of ``grad_block`` (the same lanes, the same numbers)
             for i0 in range(4 * ((PANEL_ROWS * k0 + 3) // 4), PANEL_ROWS * k1, 4):
@@ -712,9 +737,10 @@ def grad_panel_strip(dweight, dbias, dout, inp, scale, accumulate, j0, j1, k0, k
 
 def panel_grad(dweight, i0, j0, j1, dout, pk, scale, accumulate):
     """Rows ``i0 .. i0 + 5``, columns ``j0 .. j1 - 1`` of ``dW (+)= scale * dout^T inp`` from the
-    packed panel ``pk`` (``pk[b, j - j0] = inp[b, j]``): ``simd.grad_panel``. For other layouts
-    nothing, as ``panel_delta`` (``dense_grad`` takes the panels only for C-contiguous
-    arrays)."""
+    packed panel ``pk`` (``pk[b, j - j0] = inp[b, j]``) and the block's packed coefficients
+    ``dout`` (``dout[b, u]`` = the gradient's ``dout[b, i0 + u]``): ``simd.grad_panel``. For
+    other layouts nothing, as ``panel_delta`` (``dense_grad`` takes the panels only for
+    C-contiguous arrays)."""
 
 
 @overload(panel_grad)

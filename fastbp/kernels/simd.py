@@ -374,7 +374,9 @@ def _grad_codegen(dtype, rows, mr, nv_max, packed):
 
         def coefficients(b):
             d_row = _row_pointer(context, builder, dout, args[4], b)
-            return [builder.load(builder.gep(d_row, [builder.add(i0, intp_t(u))]))
+            # a panel tile's coefficients are packed too: their column u is row i0 + u's
+            first = intp_t(0) if packed else i0
+            return [builder.load(builder.gep(d_row, [builder.add(first, intp_t(u))]))
                     for u in range(mr)]
 
         def source_row(b):
@@ -430,18 +432,19 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
 
 
 @intrinsic
-def grad_panel(typingctx, dweight, i0, j0, j1, dout, panel, rows, scale, accumulate):
-    """``grad_tile`` for ``PANEL_ROWS`` rows ``i0 ..`` of ``dweight`` from a packed panel:
+def grad_panel(typingctx, dweight, i0, j0, j1, coef, panel, rows, scale, accumulate):
+    """``grad_tile`` for ``PANEL_ROWS`` rows ``i0 ..`` of ``dweight`` from packed operands:
     ``panel[b, j - j0]`` holds ``inp[b, j]`` for ``j0 <= j < j1`` (``panel``: (B, >= j1 - j0),
+    C-contiguous) and ``coef[b, u]`` holds ``dout[b, i0 + u]`` (``coef``: (B, >= PANEL_ROWS),
     C-contiguous). The same operations per element as ``grad_tile`` (multiply-adds in sample
     order from 0, then the step), so the same numbers, bit for bit. ``rows`` must be None."""
-    dtype = _c_float_arrays(dweight, dout, panel)
+    dtype = _c_float_arrays(dweight, coef, panel)
     if dtype is None or not isinstance(rows, types.NoneType):
         return None
     if not (_integers(i0, j0, j1) and _step_arguments(scale, accumulate)):
         return None
     codegen = _grad_codegen(dtype, rows, PANEL_ROWS, panel_vectors(), True)
-    return types.void(dweight, i0, j0, j1, dout, panel, rows, scale, accumulate), codegen
+    return types.void(dweight, i0, j0, j1, coef, panel, rows, scale, accumulate), codegen
 
 
 def _delta_codegen(dtype, mr, nv_max, packed):
