@@ -46,8 +46,9 @@
   code: numba's code generation also rewrites the body's IR that the kernel then links, and
   without it the kernels built for AVX2 ran up to 9 % slower. The network drivers
   (``jit(driver=True)``: they only slice buffers and call the layer kernels) are linked
-  unoptimized when deferred: their caller's optimization passes over them anyway. Together, the kernel sets build in 0.6 to 0.9 of the time, and every
-  result is bitwise what it was (docs/performance.md, "Compile cache and start-up"). Not done:
+  unoptimized when deferred: their caller's optimization passes over them anyway. Together,
+  the kernel sets build in 0.6 to 0.9 of the time, and every result is bitwise what it was
+  (docs/performance.md, "Compile cache and start-up"). Not done:
   leaving the layer kernels unoptimized too (a third less again, but each caller then
   optimized their raw loops in its own context, and a threaded kernel and its serial twin no
   longer rounded alike).
