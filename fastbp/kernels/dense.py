@@ -64,8 +64,9 @@ PREFETCH_BLOCKS = 4
 # the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
 # 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
-# Each column strip is split into ``PANEL_GROUPS`` tasks (each packs its own copy) so that 2
-# threads get equal shares when the strips do not divide evenly. Measurements:
+# When the strips do not share out evenly between 2 threads, each is split into
+# ``PANEL_GROUPS`` tasks (each packs its own copy) so that the threads get equal shares; when
+# they do, a strip is one task, packed once (``panel_groups``). Measurements:
 # docs/performance.md, "Packed panels".
 PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 512
@@ -422,8 +423,10 @@ def dense_backward(dinp, dout, weight, inp, act):
     if use_panels(B, weight.shape[0]) and packable(dinp, dout, weight):
         nr = PANEL_BYTES // weight.itemsize
         n6 = panel_blocks(B)
-        for t in prange((n_in + nr - 1) // nr * PANEL_GROUPS):
-            j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6)
+        n_strips = (n_in + nr - 1) // nr
+        groups = panel_groups(n_strips)
+        for t in prange(n_strips * groups):
+            j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6, groups)
             backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, last)
         return
     n_sblk = (B + 3) // 4
@@ -474,15 +477,23 @@ def use_grad_panels(n_samples, n_rows, row_bytes, coef_bytes):
 
 
 @jit()
-def panel_task(t, nr, n_cols, n6):
-    """Task ``t`` of a panel path: columns ``[j0, j1)`` (strip ``t // PANEL_GROUPS``, ``nr``
-    wide, of ``n_cols``), the 6-row blocks ``[k0, k1)`` (share ``t % PANEL_GROUPS`` of
-    ``n6``), and whether it is the strip's last share (which also takes the rows after the
-    blocks)."""
-    g = t % PANEL_GROUPS
-    j0 = t // PANEL_GROUPS * nr
-    return (j0, min(j0 + nr, n_cols), n6 * g // PANEL_GROUPS, n6 * (g + 1) // PANEL_GROUPS,
-            g == PANEL_GROUPS - 1)
+def panel_groups(n_strips):
+    """Tasks per column strip of a panel path: 1 for an even number of strips (2 threads get
+    equal shares, each strip packed once), else ``PANEL_GROUPS``. Sized for 2 threads (the
+    kernel cannot ask numba for the thread count and stay cacheable); with more, only the
+    balance changes. The tiles take the same operations however the work is split: the
+    results do not depend on this."""
+    return 1 if n_strips % 2 == 0 else PANEL_GROUPS
+
+
+@jit()
+def panel_task(t, nr, n_cols, n6, groups):
+    """Task ``t`` of a panel path: columns ``[j0, j1)`` (strip ``t // groups``, ``nr`` wide, of
+    ``n_cols``), the 6-row blocks ``[k0, k1)`` (share ``t % groups`` of ``n6``), and whether it
+    is the strip's last share (which also takes the rows after the blocks)."""
+    g = t % groups
+    j0 = t // groups * nr
+    return (j0, min(j0 + nr, n_cols), n6 * g // groups, n6 * (g + 1) // groups, g == groups - 1)
 
 
 @jit()
@@ -676,8 +687,10 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
         coef = np.empty((n6, B, PANEL_ROWS), dtype=dout.dtype)
         for k in prange(n6):
             pack_coefficients(coef, dout, np.int64(k))
-        for t in prange((n_in + nr - 1) // nr * PANEL_GROUPS):
-            j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6)
+        n_strips = (n_in + nr - 1) // nr
+        groups = panel_groups(n_strips)
+        for t in prange(n_strips * groups):
+            j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6, groups)
             grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1, k0, k1,
                              last)
         return
