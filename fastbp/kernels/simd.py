@@ -278,14 +278,16 @@ def _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, 
     intp_t = j.type
     with cgutils.for_range(builder, n_terms, intp=intp_t) as loop:
         t = loop.index
-        c = [_splat(builder, x, vty) for x in coefficients(t)]
         row = source_row(t)
-        for v in range(nv):
-            x = _vector_load(builder, builder.gep(row, [builder.add(j, intp_t(v * lanes))]), vty,
-                             align, mask)
-            for u in range(mr):
+        x = [_vector_load(builder, builder.gep(row, [builder.add(j, intp_t(v * lanes))]), vty,
+                          align, mask) for v in range(nv)]
+        # one broadcast at a time, used at once: with 16 registers, 12 accumulators and 6
+        # broadcasts held together spilled (docs/performance.md, "Forward tile at 256 bits")
+        for u, coefficient in enumerate(coefficients(t)):
+            c = _splat(builder, coefficient, vty)
+            for v in range(nv):
                 a = acc[u * nv + v]
-                builder.store(builder.call(fma, [c[u], x, builder.load(a)]), a)
+                builder.store(builder.call(fma, [c, x[v], builder.load(a)]), a)
 
 
 def _column_pieces(builder, start, stop, lanes, nv_max, emit):
