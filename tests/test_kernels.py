@@ -236,13 +236,12 @@ for dtype in (np.float32, np.float64):
             assert np.isfinite(out).all(), (dtype, B, n_in, n_out)
             worst = max(worst, float((np.abs(out - d64 @ W64) / bound).max()))
 
-# a batch large enough for the gradient's packed panels (dense.use_grad_panels: at 256 bits
-# from 1024 samples with rows 1 KiB apart, not at 128 bits): bitwise the 4-row tiles
+# a batch large enough for the gradient's packed panels (dense.use_grad_panels: not at 128
+# bits): bitwise the 4-row tiles
 from fastbp.kernels.dense import use_grad_panels
 for dtype in (np.float32, np.float64):
-    B, n_in, n_out = 1030, 256, 515
-    size = np.dtype(dtype).itemsize
-    assert use_grad_panels(B, n_out, n_in * size, n_out * size) == (vector_bits() >= 256)
+    B, n_in, n_out = 258, 256, 515
+    assert use_grad_panels(B, n_out, n_in * np.dtype(dtype).itemsize) == (vector_bits() >= 256)
     X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
     d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
     W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
@@ -463,7 +462,7 @@ def test_large_batches_split_by_samples_and_column_strips(dtype, rng):
 # float32 or 32 float64 columns wide with AVX-512, half that below), a last partial 6-row
 # block, rows past the last 6-row pair, and a last 1 to 3 rows.
 BACKWARD_PANEL_SHAPES = [(67, 77, 1030), (130, 200, 515)]
-GRAD_PANEL_SHAPES = [(258, 256, 515), (1030, 45, 526), (1030, 256, 515)]
+GRAD_PANEL_SHAPES = [(258, 256, 515), (1030, 45, 526), (1030, 260, 526)]
 
 
 @pytest.mark.parametrize("act", ELEMENTWISE)
@@ -502,12 +501,10 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
     if act != "identity":
         return  # the gradient has no activation: once per dtype
     for B, n_in, n_out in GRAD_PANEL_SHAPES:
-        # (every shape with AVX-512; with 16 registers only the last: from 1024 samples where
-        # rows are 1 KiB apart; elsewhere the 4-row tiles, checked all the same)
-        size = np.dtype(dtype).itemsize
-        assert use_grad_panels(B, n_out, n_in * size, n_out * size) == (
-            vector_bits() == 512 or (vector_bits() == 256 and B >= 1024
-                                     and 0 in ((n_in * size) % 1024, (n_out * size) % 1024)))
+        # (not the narrow middle shape, whose input rows are under 1 KiB: the 4-row tiles,
+        # checked all the same)
+        assert use_grad_panels(B, n_out, n_in * np.dtype(dtype).itemsize) == (
+            n_in > 45 and vector_bits() >= 256)
         X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
         d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
         W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)

@@ -72,7 +72,7 @@ PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 512
 PANEL_MIN_PRODUCT = 65536
 GRAD_PANEL_MIN_SAMPLES = 256
-GRAD_PANEL_ANY_STRIDE = 1024
+GRAD_PANEL_MIN_BYTES = 1024
 PANEL_BYTES = panel_vectors() * vector_bits() // 8
 PANEL_GROUPS = 2
 
@@ -457,23 +457,15 @@ def use_panels(n_samples, n_terms):
 
 
 @jit()
-def use_grad_panels(n_samples, n_rows, row_bytes, coef_bytes):
+def use_grad_panels(n_samples, n_rows, row_bytes):
     """Whether ``dense_grad`` takes the packed panels: ``n_samples`` terms per sum, read again
-    for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` apart, with their
-    coefficients (``dout``) in rows ``coef_bytes`` apart. In place, the input's strip streams
-    from L2 for every 4 rows, and rows a multiple of 1 KiB apart share a few cache sets. With
-    AVX-512's 4-vector panels: from ``GRAD_PANEL_MIN_SAMPLES`` samples and ``PANEL_MIN_TERMS``
-    rows when the input's rows are a multiple of 1 KiB apart, from ``GRAD_PANEL_ANY_STRIDE``
-    samples otherwise. With 16 registers (2-vector panels), only from
-    ``GRAD_PANEL_ANY_STRIDE`` samples, where the input's or ``dout``'s rows are a multiple of
-    1 KiB apart (elsewhere the tiles in place were as fast or faster). Not with 128-bit
-    vectors (not measured). docs/performance.md, "Packed panels"."""
-    if PANEL_BYTES < 64 or n_rows < PANEL_MIN_TERMS or n_samples < GRAD_PANEL_MIN_SAMPLES:
-        return False
-    if PANEL_BYTES >= 256:
-        return n_samples >= GRAD_PANEL_ANY_STRIDE or row_bytes % 1024 == 0
-    return n_samples >= GRAD_PANEL_ANY_STRIDE and (row_bytes % 1024 == 0
-                                                   or coef_bytes % 1024 == 0)
+    for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` long. In place, the
+    input's strip streams from L2 for every 4 rows (and rows a multiple of 1 KiB apart share a
+    few cache sets); packed, it streams in order. From ``GRAD_PANEL_MIN_SAMPLES`` samples,
+    ``PANEL_MIN_TERMS`` rows and ``GRAD_PANEL_MIN_BYTES`` per input row, at 256 and 512 bits
+    (not with 128-bit vectors: not measured). docs/performance.md, "Packed panels"."""
+    return (PANEL_BYTES >= 64 and n_rows >= PANEL_MIN_TERMS
+            and n_samples >= GRAD_PANEL_MIN_SAMPLES and row_bytes >= GRAD_PANEL_MIN_BYTES)
 
 
 @jit()
@@ -677,8 +669,7 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     B = dout.shape[0]
     n_in = inp.shape[1]
     n_out = dweight.shape[0]
-    if use_grad_panels(B, n_out, n_in * inp.itemsize, n_out * dout.itemsize) \
-            and packable(dweight, dout, inp):
+    if use_grad_panels(B, n_out, n_in * inp.itemsize) and packable(dweight, dout, inp):
         nr = PANEL_BYTES // inp.itemsize
         n6 = panel_blocks(n_out)
         # each block's 6 coefficients per sample side by side: read in place, dout's rows are
