@@ -60,8 +60,9 @@ FORWARD_CHUNK_MAX = 128
 PREFETCH_BLOCKS = 4
 # Packed panels (``simd.delta_panel``, ``simd.grad_panel``): from ``PANEL_MIN_SAMPLES``
 # samples and ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``), with
-# ``PANEL_MIN_PRODUCT`` samples x terms, ``dense_backward`` and ``dense_grad`` copy the strip of
-# the source they read (``W``'s columns, the input's columns) into a contiguous panel
+# ``PANEL_MIN_PRODUCT`` samples x terms (``GRAD_PANEL_*`` for ``dense_grad``: samples, rows of
+# ``dW``, their product, bytes per input row), ``dense_backward`` and ``dense_grad`` copy the
+# strip of the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
 # 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
 # When the strips do not share out evenly between 2 threads, each is split into
@@ -71,7 +72,9 @@ PREFETCH_BLOCKS = 4
 PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 512
 PANEL_MIN_PRODUCT = 65536
-GRAD_PANEL_MIN_SAMPLES = 256
+GRAD_PANEL_MIN_SAMPLES = 128
+GRAD_PANEL_MIN_ROWS = 128
+GRAD_PANEL_MIN_PRODUCT = 32768
 GRAD_PANEL_MIN_BYTES = 1024
 PANEL_BYTES = panel_vectors() * vector_bits() // 8
 PANEL_GROUPS = 2
@@ -462,10 +465,12 @@ def use_grad_panels(n_samples, n_rows, row_bytes):
     for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` long. In place, the
     input's strip streams from L2 for every 4 rows (and rows a multiple of 1 KiB apart share a
     few cache sets); packed, it streams in order. From ``GRAD_PANEL_MIN_SAMPLES`` samples,
-    ``PANEL_MIN_TERMS`` rows and ``GRAD_PANEL_MIN_BYTES`` per input row, at 256 and 512 bits
-    (not with 128-bit vectors: not measured). docs/performance.md, "Packed panels"."""
-    return (PANEL_BYTES >= 64 and n_rows >= PANEL_MIN_TERMS
-            and n_samples >= GRAD_PANEL_MIN_SAMPLES and row_bytes >= GRAD_PANEL_MIN_BYTES)
+    ``GRAD_PANEL_MIN_ROWS`` rows, ``GRAD_PANEL_MIN_PRODUCT`` samples x rows and
+    ``GRAD_PANEL_MIN_BYTES`` per input row, at 256 and 512 bits (not with 128-bit vectors: not
+    measured). docs/performance.md, "Packed panels"."""
+    return (PANEL_BYTES >= 64 and n_rows >= GRAD_PANEL_MIN_ROWS
+            and n_samples >= GRAD_PANEL_MIN_SAMPLES and row_bytes >= GRAD_PANEL_MIN_BYTES
+            and n_samples * n_rows >= GRAD_PANEL_MIN_PRODUCT)
 
 
 @jit()
