@@ -42,13 +42,14 @@
   caller (and emitted again there). A fastbp kernel compiled while another fastbp kernel is
   being compiled is *deferred* (``Deferred``, ``_defer_nested``): optimized as before, so that
   every caller links the same code as before, but its own machine code, Python entry point and
-  cache entry wait until something calls it from Python. A ``prange`` body keeps its machine
-  code: numba's code generation also rewrites the body's IR that the kernel then links, and
-  without it the kernels built for AVX2 ran up to 9 % slower. The network drivers
-  (``jit(driver=True)``: they only slice buffers and call the layer kernels) are linked
-  unoptimized when deferred: their caller's optimization passes over them anyway. Together,
-  the kernel sets build in 0.6 to 0.9 of the time, and every result is bitwise what it was
-  (docs/performance.md, "Compile cache and start-up"). Not done:
+  cache entry wait until something calls it from Python. A ``prange`` body compiled for a
+  fastbp kernel gets no machine code of its own either (``LoopBody``): the kernel runs the copy
+  linked into it. (Its code generation rewrites the IR the kernel links a little; that once
+  mattered to kernels whose tiles spilled registers, no longer: docs/performance.md.) The
+  network drivers (``jit(driver=True)``: they only slice buffers and call the layer kernels)
+  are linked unoptimized when deferred: their caller's optimization passes over them anyway.
+  Together, the kernel sets build in 0.6 to 0.9 of the time, and every result is bitwise what
+  it was (docs/performance.md, "Compile cache and start-up"). Not done:
   leaving the layer kernels unoptimized too (a third less again, but each caller then
   optimized their raw loops in its own context, and a threaded kernel and its serial twin no
   longer rounded alike).
@@ -186,6 +187,7 @@ if not getattr(codegen.CPUCodeLibrary._finalize_final_module, "fastbp_own_copies
 # launcher): a kernel links and optimizes them into its own module, so their own optimization
 # and machine code are never used
 _PARFOR_WRAPPERS = ("parallelgufuncwrapper", "<numba.np.ufunc.wrappers._GufuncWrapper ")
+_PARFOR_BODY = "__numba_parfor_gufunc_"
 _compiling = threading.local()  # per thread: the fastbp kernel of each compile in progress
 
 
@@ -277,6 +279,14 @@ class Deferred:
         return self.cfunc
 
 
+class LoopBody:
+    """The entry point numba asks for a fastbp kernel's ``prange`` body (a gufunc): never called,
+    the kernel runs its own linked copy (see the notes)."""
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("fastbp: a kernel's loop body is not callable on its own")
+
+
 def is_deferred(cres):
     """Whether a compile result's machine code is still deferred (nothing to save yet)."""
     return isinstance(cres.entry_point, Deferred) and cres.entry_point.cfunc is None
@@ -290,6 +300,11 @@ def _defer_nested(get_executable, add_overload, save_overload):
     the cache until it exists."""
     def executable(context, library, fndesc, env):
         stack = getattr(_compiling, "stack", None)
+        if stack and stack[-1] is not None and fndesc.qualname.startswith(_PARFOR_BODY):
+            # a fastbp kernel's loop body: only the copy linked into the kernel runs
+            library._fastbp_deferred = True
+            library._ensure_finalized()
+            return LoopBody()
         d = _BY_NAME.get(fndesc.qualname)
         # (not a kernel loaded from the cache while another one compiles: only the kernel whose
         # own compile is the innermost one)

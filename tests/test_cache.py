@@ -320,8 +320,9 @@ EMIT_SPY = textwrap.dedent("""
 
 def test_prange_wrappers_of_fastbp_kernels_emit_no_machine_code(tmp_path):
     """numba's two wrapper libraries around a fastbp kernel's ``prange`` loop are linked into the
-    kernel without their own optimization and machine code (_config, "link-only"); a user's
-    own parallel function still gets numba's usual build, and both compute the right numbers."""
+    kernel without their own optimization and machine code (_config, "link-only"), and the
+    loop's body without machine code of its own; a user's own parallel function still gets
+    numba's usual build, and both compute the right numbers."""
     script = EMIT_SPY + textwrap.dedent("""
         import json
         import numba
@@ -330,7 +331,7 @@ def test_prange_wrappers_of_fastbp_kernels_emit_no_machine_code(tmp_path):
         from fastbp import _config
         from fastbp.kernels import dense
         wrappers = lambda: [n for n in emitted
-                            if n.startswith(_config._PARFOR_WRAPPERS)]
+                            if n.startswith(_config._PARFOR_WRAPPERS + (_config._PARFOR_BODY,))]
 
         rng = np.random.default_rng(0)
         x = rng.standard_normal((64, 40)).astype(np.float32)
@@ -357,7 +358,7 @@ def test_prange_wrappers_of_fastbp_kernels_emit_no_machine_code(tmp_path):
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["ours"] == [] and out["kernel_error"] < 1e-3, out
-    assert len(out["user"]) == 2 and out["user_ok"], out
+    assert len(out["user"]) == 3 and out["user_ok"], out
 
 
 DEFERRED = EMIT_SPY + textwrap.dedent("""
