@@ -281,8 +281,8 @@ def _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, 
         row = source_row(t)
         x = [_vector_load(builder, builder.gep(row, [builder.add(j, intp_t(v * lanes))]), vty,
                           align, mask) for v in range(nv)]
-        # one broadcast at a time, used at once: with 16 registers, 12 accumulators and 6
-        # broadcasts held together spilled (docs/performance.md, "Forward tile at 256 bits")
+        # one broadcast at a time, used at once: the 6-row panel tiles, holding all 6 beside
+        # their accumulators, spilled at both widths (docs/performance.md, "Packed panels")
         for u, coefficient in enumerate(coefficients(t)):
             c = _splat(builder, coefficient, vty)
             for v in range(nv):
