@@ -270,7 +270,6 @@ def _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, 
     ``source_row(t)``: a pointer to a row). Each term costs nv vector loads and mr broadcasts
     for mr nv multiply-adds; the sums stay in registers (``acc``: allocas, promoted)."""
     lanes = vty.count
-    mr = len(acc) // nv
     zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * lanes)
     for a in acc:
         builder.store(zero, a)
