@@ -667,7 +667,7 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     (``use_grad_panels``; C-contiguous arrays), a task owns a strip of ``PANEL_BYTES`` of
     columns for a share of the rows instead (``grad_panel_strip``: the input's strip copied
     into a packed panel, then 6-row tiles over it, their coefficients packed too, once per
-    call: ``pack_coefficients``). An element's result does not depend on
+    call). An element's result does not depend on
     how the columns are split (``grad_tile``), nor on the path (the 6-row tiles take the same
     operations), so neither on the split nor on the thread count.
     """
@@ -682,7 +682,7 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
         # them all again (docs/performance.md, "Packed panels")
         coef = np.empty((n6, B, PANEL_ROWS), dtype=dout.dtype)
         for k in prange(n6):
-            pack_coefficients(coef, dout, np.int64(k))
+            pack_columns(coef[k], dout, PANEL_ROWS * k, PANEL_ROWS * (k + 1))
         n_strips = (n_in + nr - 1) // nr
         groups = panel_groups(n_strips)
         for t in prange(n_strips * groups):
@@ -711,23 +711,13 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
 
 
 @jit(noalias=True)
-def pack_coefficients(coef, dout, k):
-    """``coef[k, b, u] = dout[b, PANEL_ROWS * k + u]``: the coefficients of 6-row block ``k``
-    of ``dense_grad``'s panel tiles, sample by sample side by side."""
-    i0 = PANEL_ROWS * k
-    for b in range(dout.shape[0]):
-        for u in range(PANEL_ROWS):
-            coef[k, b, u] = dout[b, i0 + u]
-
-
-@jit(noalias=True)
 def grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1, k0, k1, rest):
     """Columns ``j0 .. j1 - 1`` of ``dense_grad`` for the 6-row blocks ``k0 .. k1 - 1`` of ``dW``
     (rows ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the rows after the last block
     (``panel_blocks``) in ``grad_block``'s 4-row tiles; the bias of those rows when ``j0`` is 0.
     ``inp[:, j0:j1]`` is first copied into a packed panel (one allocation of ``B x
     PANEL_BYTES``), which each 6-row tile (``panel_grad``) then reads in order, with block
-    ``k``'s coefficients from ``coef[k]`` (``pack_coefficients``)."""
+    ``k``'s coefficients from ``coef[k]`` (``coef[k, b, u] = dout[b, 6 k + u]``)."""
     n_out = dweight.shape[0]
     if k0 < k1 or rest:
         pk = np.empty((inp.shape[0], PANEL_BYTES // inp.itemsize), dtype=inp.dtype)
