@@ -300,6 +300,8 @@ def test_when_the_first_layer_step_is_deferred():
     assert not defer((784, 128, 10), 32, min_par=knet.SERIAL_ONLY)   # one thread
     assert not defer((64, 32, 10), 32)                     # first layer too small to share
     assert not defer((784, 128, 512, 10), 32)              # a later layer is threaded too
+    # within the bytes, but the forward pass takes the packed panels (not deferred_sweep's tiles)
+    assert defer((64, 64, 10), 64) and not defer((64, 64, 10), 128)
 
 
 def test_no_allocation_per_training_step():

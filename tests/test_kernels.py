@@ -252,6 +252,28 @@ for dtype in (np.float32, np.float64):
         W, b = W0.copy(), b0.copy()
         kernel(W, b, d, X, dtype(-0.37), True)
         assert np.array_equal(W, want) and np.array_equal(b, b_want), ("panels", dtype)
+
+# batches large enough for the forward pass's packed panels (dense.use_forward_panels: not at
+# 128 bits): every sample takes the same operations wherever it is in the batch
+from fastbp.kernels.dense import use_forward_panels
+for dtype in (np.float32, np.float64):
+    e = float(np.finfo(dtype).eps)
+    for B, n_in, n_out in [(97, 77, 130), (96, 33, 32)]:
+        assert use_forward_panels(B, n_out) == (vector_bits() >= 256)
+        X = rng.uniform(-1, 1, (B + 3, n_in)).astype(dtype)
+        W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        b = rng.uniform(-1, 1, n_out).astype(dtype)
+        outs = []
+        for kernel, s in ((K.dense_forward, 0), (K.dense_forward_serial, 0), (K.dense_forward, 3)):
+            out = np.full((B, n_out), np.nan, dtype)
+            kernel(out, X[s:s + B], W, b, K.IDENTITY)
+            outs.append(out)
+        assert np.array_equal(outs[0], outs[1]), ("forward twins", dtype)
+        if vector_bits() >= 256:  # (the 4 x 4 tiles' last 1 to 3 samples take scalar loops)
+            assert np.array_equal(outs[0][3:], outs[2][:-3]), ("forward shifted", dtype)
+        x64, W64 = X[:B].astype(np.float64), W.astype(np.float64)
+        bound = 2 * (n_in + 2) * e * (np.abs(x64) @ np.abs(W64).T + np.abs(b))
+        worst = max(worst, float((np.abs(outs[0] - (x64 @ W64.T + b)) / bound).max()))
 print(json.dumps({"bits": vector_bits(), "worst": worst}))
 """
 
@@ -536,6 +558,66 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
         assert_within(W_want, ref_W, tol_W, f"panel dense_grad accumulate {name} B={B}")
 
 
+# ---- packed panels: dense_forward on large batches --------------------------------------------
+# (B, n_in, n_out): shapes that take the forward panels (``dense.use_forward_panels``): strips
+# (64 float32 or 32 float64 units with AVX-512, half that below) that do not divide the units,
+# an odd number of strips in 2 tasks each and in 1 task each, a last partial 6-sample block,
+# a batch of whole blocks, inputs fewer than and not a multiple of a vector.
+FORWARD_PANEL_SHAPES = [(97, 77, 130), (130, 200, 515), (96, 33, 32), (102, 5, 40)]
+
+
+@pytest.mark.parametrize("act", ALL_ACTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_forward_panels_take_the_same_operations_for_every_sample(act, dtype, rng):
+    """From enough samples and units, ``dense_forward`` copies strips of ``W`` transposed into
+    packed panels and takes 6-sample tiles over them, the last samples through a padded copy.
+    Every sample takes the same operations: bitwise the same result for a sample wherever it
+    sits in the batch, threaded and serial twins agree, and NumPy agrees within rounding."""
+    from fastbp.kernels.dense import use_forward_panels
+    e = eps(dtype)
+    code = K.ACTIVATIONS[act]
+    for B, n_in, n_out in FORWARD_PANEL_SHAPES:
+        assert use_forward_panels(B, n_out)
+        X = rng.uniform(-1, 1, (B + 5, n_in)).astype(dtype)
+        W = (rng.uniform(-1, 1, (n_out, n_in)) * (2 / np.sqrt(n_in))).astype(dtype)
+        b = rng.uniform(-0.5, 0.5, n_out).astype(dtype)
+        outs = {}
+        for kernel, shift in ((K.dense_forward, 0), (K.dense_forward_serial, 0),
+                              (K.dense_forward, 1), (K.dense_forward, 5)):
+            out = nan_filled((B, n_out), dtype)
+            kernel(out, X[shift:shift + B], W, b, code)
+            outs[kernel, shift] = out
+        want = outs[K.dense_forward, 0]
+        assert np.array_equal(outs[K.dense_forward_serial, 0], want)
+        for shift in (1, 5):
+            assert np.array_equal(outs[K.dense_forward, shift][:B - shift], want[shift:]), shift
+        ref = naive.dense_forward(X[:B], W, b, act)
+        X64, W64 = X[:B].astype(np.float64), W.astype(np.float64)
+        bound_z = 2 * (n_in + 2) * e * (np.abs(X64) @ np.abs(W64).T + np.abs(b))
+        if act == "softmax":
+            tol = 2 * bound_z.max(axis=1, keepdims=True) * ref + 8 * e * ref
+        else:
+            tol = bound_z + 4 * e * np.abs(ref)
+        assert_within(want, ref, tol, f"panel dense_forward {act} {np.dtype(dtype).name} "
+                                      f"B={B} n_in={n_in} n_out={n_out}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_pack_transposed_is_numpy_transpose(dtype, order, rng):
+    """``pack_transposed`` (squares transposed in registers for C-contiguous arrays, element by
+    element otherwise and at the edges) against NumPy, on row ranges and column counts that
+    are and are not multiples of a vector."""
+    from fastbp.kernels.dense import pack_transposed
+    for n_rows, n_cols, i0, i1 in [(40, 33, 0, 40), (130, 77, 64, 130), (16, 16, 0, 16),
+                                   (9, 3, 2, 9), (70, 1, 5, 69)]:
+        src = np.asarray(rng.uniform(-1, 1, (n_rows, n_cols)).astype(dtype), order=order)
+        pk = np.full((n_cols, i1 - i0 + 3), -7.0, dtype=dtype)
+        pack_transposed(pk, src, i0, i1)
+        np.testing.assert_array_equal(pk[:, :i1 - i0], src[i0:i1].T)
+        assert (pk[:, i1 - i0:] == -7.0).all()
+
+
 # ---- deferred_sweep: the previous batch's steps on two layers, then the forward pass ---------
 STEP_FORWARD_SHAPES = [  # (B_prev, B, n_in, n_out, m): another previous batch size, odd blocks
     (3, 17, 600, 17, 5), (17, 17, 129, 129, 11), (5, 1, 1027, 6, 0), (33, 129, 17, 129, 4),
@@ -551,6 +633,7 @@ def test_deferred_sweep_is_the_four_kernels_bitwise(act, dtype, rng):
     of 0 units ``dprev`` is given and only read; without ``back`` it is ``dense_forward``
     alone; with a batch of 0 rows only the steps run. Both batches are read in place, as rows
     of one larger array in shuffled positions (the other rows NaN, so any stray read shows)."""
+    from fastbp.kernels.dense import use_forward_panels
     code = K.ACTIVATIONS[act]
     for B_prev, B, n_in, n_out, m in STEP_FORWARD_SHAPES:
         X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
@@ -578,7 +661,12 @@ def test_deferred_sweep_is_the_four_kernels_bitwise(act, dtype, rng):
                     K.dense_backward(d2, d_next, Wn2, a_prev, code)
                     K.dense_grad(Wn2, bn2, d_next, a_prev, step, True)
                 K.dense_grad(W2, b2, d2, X_prev, step, True)
-            K.dense_forward(out2, X, W2, b2, code)
+            # deferred_sweep takes the 4 x 4 tiles, never the packed panels (defer_first_step
+            # does not defer where dense_forward would take them): here, pieces below them
+            piece = 64 if use_forward_panels(B, n_out) else max(B, 1)
+            for s in range(0, B, piece):
+                assert not use_forward_panels(min(piece, B - s), n_out) or piece == B
+                K.dense_forward(out2[s:s + piece], X[s:s + piece], W2, b2, code)
             W1, b1, Wn1, bn1 = W.copy(), b.copy(), W_next.copy(), b_next.copy()
             d1 = d_given.copy() if m == 0 else nan_filled((B_prev, n_out), dtype)
             out1 = nan_filled((B, n_out), dtype)

@@ -8,8 +8,8 @@ threaded region) is threaded only.
 
 Threads never write the same element: the forward pass gives each thread whole 4-row blocks of
 output units, delta propagation whole (4-sample, column-chunk) tiles of ``dinp``, and the gradient
-whole (4-row, column-chunk) tiles of ``dW`` (on big layers, strips of columns of ``dinp``
-and ``dW`` over packed panels). There are no atomics and no reductions across threads, so a result
+whole (4-row, column-chunk) tiles of ``dW`` (on big layers, strips of units of ``out`` and
+strips of columns of ``dinp`` and ``dW`` over packed panels). There are no atomics and no reductions across threads, so a result
 does not depend on the number of threads.
 """
 import numpy as np
@@ -23,6 +23,8 @@ from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activa
                           activation_parts)
 from .simd import (PANEL_ROWS, column_sums, delta_panel, delta_tile, dot_tile, grad_panel,
                    grad_tile, panel_vectors, vector_bits)
+from .simd import forward_panel as forward_panel_tile
+from .simd import transpose_block, transpose_lanes
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -76,6 +78,12 @@ GRAD_PANEL_MIN_SAMPLES = 128
 GRAD_PANEL_MIN_ROWS = 128
 GRAD_PANEL_MIN_PRODUCT = 32768
 GRAD_PANEL_MIN_BYTES = 1024
+# ``dense_forward`` takes packed panels of ``W`` transposed (``forward_strip``) from
+# ``FORWARD_PANEL_MIN_SAMPLES`` samples and ``FORWARD_PANEL_MIN_UNITS`` units: the copy of a
+# strip costs about as much as a few samples' sums over it. docs/performance.md, "Forward
+# panels".
+FORWARD_PANEL_MIN_SAMPLES = 96
+FORWARD_PANEL_MIN_UNITS = 32
 PANEL_BYTES = panel_vectors() * vector_bits() // 8
 PANEL_GROUPS = 2
 
@@ -307,12 +315,28 @@ def dense_forward(out, inp, weight, bias, act):
     ``forward_row``) over the whole batch; when the batch of inputs is larger than
     ``FORWARD_SAMPLES_BYTES``, whole chunks of samples (``forward_chunk``) over every unit
     instead, so that each input row is read from memory once (a block would read the whole
-    batch again). A sample's sums do not depend on the split or on the thread count.
+    batch again). With ``use_forward_panels`` (C-contiguous arrays), a task owns a strip of
+    units over the whole batch instead (``forward_strip``: ``W``'s rows copied transposed into a
+    packed panel, 6-sample tiles over it). A sample's sums do not depend on the split or on the
+    thread count; on the panel path they do not depend on where the sample is in the batch
+    either, but they are not bitwise those of the tiles of smaller batches (the tiles sum
+    along a vector of inputs and close the lanes at the end; the panels sum one input at a
+    time, in order).
     """
     B = inp.shape[0]
     n_out = weight.shape[0]
     n_blk = (n_out + 3) // 4
-    if B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES:
+    if use_forward_panels(B, n_out) and packable(out, inp, weight):
+        nr = PANEL_BYTES // weight.itemsize
+        n6 = B // PANEL_ROWS
+        n_strips = (n_out + nr - 1) // nr
+        # an odd number of strips is shared by sample blocks only when there are few strips:
+        # each share packs the strip again
+        groups = 1 if n_strips > 4 else panel_groups(n_strips)
+        for t in prange(n_strips * groups):
+            i0, i1, k0, k1, last = panel_task(np.int64(t), nr, n_out, n6, groups)
+            forward_strip(out, inp, weight, bias, i0, i1, k0, k1, last)
+    elif B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES:
         chunk = forward_chunk(B)
         for c in prange((B + chunk - 1) // chunk):
             c0 = c * chunk
@@ -508,6 +532,96 @@ def pack_columns(pk, src, j0, j1):
     for r in range(src.shape[0]):
         for j in range(j0, j1):
             pk[r, j - j0] = src[r, j]
+
+
+@jit()
+def use_forward_panels(n_samples, n_out):
+    """Whether ``dense_forward`` takes the packed panels for ``n_samples`` inputs to ``n_out``
+    units (at 256 and 512 bits; not with 128-bit vectors: not measured)."""
+    return (PANEL_BYTES >= 64 and n_samples >= FORWARD_PANEL_MIN_SAMPLES
+            and n_out >= FORWARD_PANEL_MIN_UNITS)
+
+
+@jit()
+def pack_transposed(pk, src, i0, i1):
+    """``pk[j, i - i0] = src[i, j]`` for ``i0 <= i < i1`` and every column ``j`` of ``src``:
+    rows of ``src`` as the columns of a panel. Squares of a vector's lanes transposed in
+    registers (``transpose_square``), the edges element by element."""
+    n = src.shape[1]
+    side = square_side(src)
+    i_end = i0 + (i1 - i0) // side * side
+    j_end = n // side * side
+    for g in range(i0, i_end, side):
+        for j in range(0, j_end, side):
+            transpose_square(pk, src, g, j, g - i0)
+    for g in range(i0, i1, side):
+        for j in range(j_end if g < i_end else 0, n):
+            for i in range(g, min(g + side, i1)):
+                pk[j, i - i0] = src[i, j]
+
+
+def square_side(src):
+    """``transpose_square``'s side for ``src``'s dtype (a constant when compiling)."""
+
+
+@overload(square_side)
+def _square_side(src):
+    side = transpose_lanes(src.dtype)
+    return lambda src: side
+
+
+def transpose_square(dst, src, r0, c0, d0):
+    """``simd.transpose_block`` for C-contiguous arrays, else the same element by element."""
+
+
+@overload(transpose_square)
+def _transpose_square(dst, src, r0, c0, d0):
+    if all(a.layout == "C" for a in (dst, src)):
+        return lambda dst, src, r0, c0, d0: transpose_block(dst, src, r0, c0, d0)
+    side = transpose_lanes(src.dtype)
+
+    def loops(dst, src, r0, c0, d0):
+        for c in range(side):
+            for r in range(side):
+                dst[c0 + c, d0 + r] = src[r0 + r, c0 + c]
+    return loops
+
+
+@jit(noalias=True)
+def forward_strip(out, inp, weight, bias, i0, i1, k0, k1, rest):
+    """Units ``i0 .. i1 - 1`` of ``dense_forward``'s sums (no activation) for the 6-sample
+    blocks ``k0 .. k1 - 1`` and, with ``rest``, the 1 to 5 samples after the last block. The
+    rows ``i0 .. i1 - 1`` of ``W`` are first copied, transposed, into a packed panel (``pk[j, i -
+    i0] = W[i, j]``), so that the sums are ``delta_panel``'s tiles: a vector of units per
+    loaded panel row, one broadcast input per sample, no reduction across lanes. The last
+    samples go through a 6-row copy (zeros after them), so that every sample takes the same
+    operations, wherever it is in the batch."""
+    B, n_in = inp.shape
+    if k0 < k1 or rest:
+        pk = np.empty((n_in, PANEL_BYTES // weight.itemsize), dtype=weight.dtype)
+        pack_transposed(pk, weight, i0, i1)
+        for k in range(k0, k1):
+            panel_sums(out, PANEL_ROWS * k, i0, i1, inp, pk, bias)
+        b0 = B // PANEL_ROWS * PANEL_ROWS
+        if rest and b0 < B:
+            xs = np.zeros((PANEL_ROWS, n_in), dtype=inp.dtype)
+            xs[:B - b0] = inp[b0:]
+            zs = np.empty((PANEL_ROWS, out.shape[1]), dtype=out.dtype)
+            panel_sums(zs, 0, i0, i1, xs, pk, bias)
+            out[b0:, i0:i1] = zs[:B - b0, i0:i1]
+
+
+def panel_sums(out, b0, i0, i1, inp, pk, bias):
+    """``simd.forward_panel`` for C-contiguous arrays, else nothing (as ``panel_delta``)."""
+
+
+@overload(panel_sums)
+def _panel_sums(out, b0, i0, i1, inp, pk, bias):
+    if all(a.layout == "C" for a in (out, inp, pk, bias)):
+        def tiles(out, b0, i0, i1, inp, pk, bias):
+            forward_panel_tile(out, b0, i0, i1, inp, pk, bias)
+        return tiles
+    return lambda out, b0, i0, i1, inp, pk, bias: None
 
 
 @jit(noalias=True)

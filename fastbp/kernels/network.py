@@ -9,7 +9,7 @@ from numba.extending import overload
 
 from .._config import jit
 from .dense import (deferred_sweep, dense_backward, dense_backward_serial, dense_forward,
-                    dense_forward_serial, dense_grad, dense_grad_serial)
+                    dense_forward_serial, dense_grad, dense_grad_serial, use_forward_panels)
 from .fused import sgd_per_sample
 from .layout import (ACT, B_OFF, N_IN, N_OUT, W_OFF, layer_params, layer_rows, make_layout,
                      workspace_size)
@@ -324,7 +324,10 @@ def defer_first_step(B, params, layout, min_par):
         w, _ = layer_params(params, layout, l)
         if batch_threaded(B, w, min_par):
             return False
-    return (w0.size // 2 + 2 * B * w0.shape[1]) * params.itemsize <= DEFER_MAX_BYTES
+    # and only where ``dense_forward`` takes the tiles ``deferred_sweep`` takes, not the
+    # packed panels: the deferred steps give the plain loop's numbers, bit for bit
+    return ((w0.size // 2 + 2 * B * w0.shape[1]) * params.itemsize <= DEFER_MAX_BYTES
+            and not use_forward_panels(B, w0.shape[0]))
 
 
 @jit()

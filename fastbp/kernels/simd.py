@@ -448,9 +448,10 @@ def grad_panel(typingctx, dweight, i0, j0, j1, coef, panel, rows, scale, accumul
     return types.void(dweight, i0, j0, j1, coef, panel, rows, scale, accumulate), codegen
 
 
-def _delta_codegen(dtype, mr, nv_max, packed):
-    """Code of ``delta_tile`` (``mr`` = 4, ``nv_max`` by the registers) and of ``delta_panel``
-    (``packed``: the source is a panel whose column 0 is column ``j0``)."""
+def _delta_codegen(dtype, mr, nv_max, packed, biased=False):
+    """Code of ``delta_tile`` (``mr`` = 4, ``nv_max`` by the registers), of ``delta_panel``
+    (``packed``: the source is a panel whose column 0 is column ``j0``) and of ``forward_panel``
+    (``biased``: argument 6 is a bias, added to each sum before it is stored)."""
     def codegen(context, builder, signature, args):
         g = _Codegen(context, builder, signature, args, dtype)
         intp_t, index, fty, lanes, align = g.intp, g.index, g.fty, g.lanes, g.align
@@ -463,6 +464,8 @@ def _delta_codegen(dtype, mr, nv_max, packed):
         out_rows = [_row_pointer(context, builder, dinp, args[0], builder.add(b0, intp_t(u)))
                     for u in range(mr)]
         accumulators = _Accumulators(builder, mr)
+        if biased:
+            bias_data = context.make_array(signature.args[6])(context, builder, args[6]).data
 
         def coefficients(i):
             return [builder.load(builder.gep(r, [i])) for r in d_rows]
@@ -476,10 +479,15 @@ def _delta_codegen(dtype, mr, nv_max, packed):
             vty = ir.VectorType(fty, lanes)
             acc = accumulators(nv, vty)
             _rank_tile(builder, vty, align, acc, nv, n_terms, coefficients, source_row, j, mask)
-            for u in range(mr):
-                for v in range(nv):
-                    p = builder.gep(out_rows[u], [builder.add(j, intp_t(v * lanes))])
-                    _vector_store(builder, builder.load(acc[u * nv + v]), p, align, mask)
+            for v in range(nv):
+                col = builder.add(j, intp_t(v * lanes))
+                if biased:
+                    c = _vector_load(builder, builder.gep(bias_data, [col]), vty, align, mask)
+                for u in range(mr):
+                    value = builder.load(acc[u * nv + v])
+                    if biased:
+                        value = builder.fadd(value, c)
+                    _vector_store(builder, value, builder.gep(out_rows[u], [col]), align, mask)
 
         _column_pieces(builder, j0, index(3), lanes, nv_max, emit)
         return context.get_dummy_value()
@@ -514,6 +522,73 @@ def delta_panel(typingctx, dinp, b0, j0, j1, dout, panel):
         return None
     codegen = _delta_codegen(dtype, PANEL_ROWS, panel_vectors(), True)
     return types.void(dinp, b0, j0, j1, dout, panel), codegen
+
+
+@intrinsic
+def forward_panel(typingctx, out, b0, i0, i1, inp, panel, bias):
+    """The forward pass's sums for ``PANEL_ROWS`` samples ``b0 ..`` and units ``i0 .. i1 - 1``
+    from a packed panel of ``W`` transposed: ``out[b, i] = sum_j inp[b, j] panel[j, i - i0] +
+    bias[i]`` with ``panel[j, i - i0] = W[i, j]`` (``panel``: (n_in, >= i1 - i0),
+    C-contiguous), the sum taken by multiply-adds in order from ``j = 0``, then the bias
+    added. ``delta_panel``'s tile: every element takes the same operations, whichever piece of
+    the columns holds it."""
+    dtype = _c_float_arrays(out, inp, panel)
+    if dtype is None or not _integers(b0, i0, i1):
+        return None
+    if not (isinstance(bias, types.Array) and bias.ndim == 1 and bias.layout == "C"
+            and bias.dtype == dtype):
+        return None
+    codegen = _delta_codegen(dtype, PANEL_ROWS, panel_vectors(), True, biased=True)
+    return types.void(out, b0, i0, i1, inp, panel, bias), codegen
+
+
+def transpose_lanes(dtype):
+    """The side of ``transpose_block``'s square for ``dtype``: the lanes of a vector."""
+    return vector_bits() // dtype.bitwidth
+
+
+@intrinsic
+def transpose_block(typingctx, dst, src, r0, c0, d0):
+    """``dst[c0 + c, d0 + r] = src[r0 + r, c0 + c]`` for r, c < L (``transpose_lanes``): L
+    vector loads, L log2(L) two-vector shuffles (each step swaps blocks half as wide between
+    pairs of rows), L vector stores, where element by element it is L^2 loads and stores.
+    dst, src: C-contiguous 2-D arrays of one float dtype; r0, c0, d0: integers (rows and
+    columns not checked)."""
+    dtype = _c_float_arrays(dst, src)
+    if dtype is None or not _integers(r0, c0, d0):
+        return None
+
+    def codegen(context, builder, signature, args):
+        g = _Codegen(context, builder, signature, args, dtype)
+        intp_t, index, lanes, align = g.intp, g.index, g.lanes, g.align
+        vty = ir.VectorType(g.fty, lanes)
+        r0, c0, d0 = index(2), index(3), index(4)
+        rows = [_vector_load(builder, builder.gep(_row_pointer(
+            context, builder, signature.args[1], args[1], builder.add(r0, intp_t(r))), [c0]),
+            vty, align) for r in range(lanes)]
+        mask_type = ir.VectorType(ir.IntType(32), lanes)
+        h = 1
+        while h < lanes:
+            lo, hi = [], []
+            for blk in range(0, lanes, 2 * h):
+                lo += list(range(blk, blk + h)) + list(range(lanes + blk, lanes + blk + h))
+                hi += (list(range(blk + h, blk + 2 * h))
+                       + list(range(lanes + blk + h, lanes + blk + 2 * h)))
+            lo, hi = ir.Constant(mask_type, lo), ir.Constant(mask_type, hi)
+            new = list(rows)
+            for blk in range(0, lanes, 2 * h):
+                for a in range(blk, blk + h):
+                    new[a] = builder.shuffle_vector(rows[a], rows[a + h], lo)
+                    new[a + h] = builder.shuffle_vector(rows[a], rows[a + h], hi)
+            rows = new
+            h *= 2
+        for c in range(lanes):
+            row = _row_pointer(context, builder, signature.args[0], args[0],
+                               builder.add(c0, intp_t(c)))
+            _vector_store(builder, rows[c], builder.gep(row, [d0]), align)
+        return context.get_dummy_value()
+
+    return types.void(dst, src, r0, c0, d0), codegen
 
 
 @intrinsic
