@@ -9,8 +9,8 @@ threaded region) is threaded only.
 Threads never write the same element: the forward pass gives each thread whole 4-row blocks of
 output units, delta propagation whole (4-sample, column-chunk) tiles of ``dinp``, and the gradient
 whole (4-row, column-chunk) tiles of ``dW`` (on big layers, strips of units of ``out`` and
-strips of columns of ``dinp`` and ``dW`` over packed panels). There are no atomics and no reductions across threads, so a result
-does not depend on the number of threads.
+strips of columns of ``dinp`` and ``dW`` over packed panels). There are no atomics and no
+reductions across threads, so a result does not depend on the number of threads.
 """
 import numpy as np
 from llvmlite import ir
@@ -21,10 +21,9 @@ from numba.extending import intrinsic, overload
 from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
                           activation_parts)
-from .simd import (PANEL_ROWS, column_sums, delta_panel, delta_tile, dot_tile, grad_panel,
-                   grad_tile, panel_vectors, vector_bits)
-from .simd import forward_panel as forward_panel_tile
-from .simd import transpose_block, transpose_lanes
+from .simd import (PANEL_ROWS, column_sums, delta_panel, delta_tile, dot_tile, forward_panel,
+                   grad_panel, grad_tile, panel_vectors, transpose_block,
+                   vector_bits)
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -78,13 +77,15 @@ GRAD_PANEL_MIN_SAMPLES = 128
 GRAD_PANEL_MIN_ROWS = 128
 GRAD_PANEL_MIN_PRODUCT = 32768
 GRAD_PANEL_MIN_BYTES = 1024
-# ``dense_forward`` takes packed panels of ``W`` transposed (``forward_strip``) from
+# ``dense_forward`` takes packed panels of ``W`` transposed (``forward_task``) from
 # ``FORWARD_PANEL_MIN_SAMPLES`` samples and ``FORWARD_PANEL_MIN_UNITS`` units: the copy of a
 # strip costs about as much as a few samples' sums over it. docs/performance.md, "Forward
 # panels".
 FORWARD_PANEL_MIN_SAMPLES = 96
 FORWARD_PANEL_MIN_UNITS = 32
 PANEL_BYTES = panel_vectors() * vector_bits() // 8
+# ``pack_transposed``'s squares: a vector's lanes a side (``simd.transpose_block``)
+SQUARE_BYTES = vector_bits() // 8
 PANEL_GROUPS = 2
 
 
@@ -316,7 +317,7 @@ def dense_forward(out, inp, weight, bias, act):
     ``FORWARD_SAMPLES_BYTES``, whole chunks of samples (``forward_chunk``) over every unit
     instead, so that each input row is read from memory once (a block would read the whole
     batch again). With ``use_forward_panels`` (C-contiguous arrays), a task owns a strip of
-    units over the whole batch instead (``forward_strip``: ``W``'s rows copied transposed into a
+    units over the whole batch instead (``forward_task``: ``W``'s rows copied transposed into a
     packed panel, 6-sample tiles over it). A sample's sums do not depend on the split or on the
     thread count; on the panel path they do not depend on where the sample is in the batch
     either, but they are not bitwise those of the tiles of smaller batches (the tiles sum
@@ -325,29 +326,24 @@ def dense_forward(out, inp, weight, bias, act):
     """
     B = inp.shape[0]
     n_out = weight.shape[0]
-    n_blk = (n_out + 3) // 4
-    if use_forward_panels(B, n_out) and packable(out, inp, weight):
-        nr = PANEL_BYTES // weight.itemsize
-        n6 = B // PANEL_ROWS
-        n_strips = (n_out + nr - 1) // nr
-        # an odd number of strips is shared by sample blocks only when there are few strips:
-        # each share packs the strip again
-        groups = 1 if n_strips > 4 else panel_groups(n_strips)
-        for t in prange(n_strips * groups):
-            i0, i1, k0, k1, last = panel_task(np.int64(t), nr, n_out, n6, groups)
-            forward_strip(out, inp, weight, bias, i0, i1, k0, k1, last)
-    elif B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES:
-        chunk = forward_chunk(B)
-        for c in prange((B + chunk - 1) // chunk):
-            c0 = c * chunk
-            c1 = min(c0 + chunk, B)
-            for t in range(n_blk):
-                forward_units(out, inp, weight, bias, t, None, c0, c1)
+    panels = use_forward_panels(B, n_out) and packable(out, inp, weight)
+    chunk = forward_chunk(B) if B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES else 0
+    nr = PANEL_BYTES // weight.itemsize
+    n_strips = (n_out + nr - 1) // nr
+    # an odd number of strips is shared by sample blocks only when there are few strips: each
+    # share packs the strip again
+    groups = 1 if n_strips > 4 else panel_groups(n_strips)
+    if panels:
+        n_tasks = n_strips * groups
+    elif chunk > 0:
+        n_tasks = (B + chunk - 1) // chunk
     else:
-        # np.int64: a prange index is unsigned in the threaded build (signed in the serial
-        # twin); one index type, so each callee is compiled once
-        for t in prange(n_blk):
-            forward_units(out, inp, weight, bias, np.int64(t), None, 0, B)
+        n_tasks = (n_out + 3) // 4
+    # one threaded loop for the three splits: each loop is a library of its own to compile
+    # np.int64: a prange index is unsigned in the threaded build (signed in the serial twin);
+    # one index type, so each callee is compiled once
+    for t in prange(n_tasks):
+        forward_task(out, inp, weight, bias, np.int64(t), panels, chunk, groups)
     if act != IDENTITY:
         n_parts = activation_parts(B, n_out, act)
         for t in prange(n_parts):
@@ -548,7 +544,7 @@ def pack_transposed(pk, src, i0, i1):
     rows of ``src`` as the columns of a panel. Squares of a vector's lanes transposed in
     registers (``transpose_square``), the edges element by element."""
     n = src.shape[1]
-    side = square_side(src)
+    side = SQUARE_BYTES // src.itemsize
     i_end = i0 + (i1 - i0) // side * side
     j_end = n // side * side
     for g in range(i0, i_end, side):
@@ -560,16 +556,6 @@ def pack_transposed(pk, src, i0, i1):
                 pk[j, i - i0] = src[i, j]
 
 
-def square_side(src):
-    """``transpose_square``'s side for ``src``'s dtype (a constant when compiling)."""
-
-
-@overload(square_side)
-def _square_side(src):
-    side = transpose_lanes(src.dtype)
-    return lambda src: side
-
-
 def transpose_square(dst, src, r0, c0, d0):
     """``simd.transpose_block`` for C-contiguous arrays, else the same element by element."""
 
@@ -578,7 +564,7 @@ def transpose_square(dst, src, r0, c0, d0):
 def _transpose_square(dst, src, r0, c0, d0):
     if all(a.layout == "C" for a in (dst, src)):
         return lambda dst, src, r0, c0, d0: transpose_block(dst, src, r0, c0, d0)
-    side = transpose_lanes(src.dtype)
+    side = SQUARE_BYTES // src.dtype.bitwidth * 8
 
     def loops(dst, src, r0, c0, d0):
         for c in range(side):
@@ -588,27 +574,46 @@ def _transpose_square(dst, src, r0, c0, d0):
 
 
 @jit(noalias=True)
-def forward_strip(out, inp, weight, bias, i0, i1, k0, k1, rest):
-    """Units ``i0 .. i1 - 1`` of ``dense_forward``'s sums (no activation) for the 6-sample
-    blocks ``k0 .. k1 - 1`` and, with ``rest``, the 1 to 5 samples after the last block. The
-    rows ``i0 .. i1 - 1`` of ``W`` are first copied, transposed, into a packed panel (``pk[j, i -
-    i0] = W[i, j]``), so that the sums are ``delta_panel``'s tiles: a vector of units per
-    loaded panel row, one broadcast input per sample, no reduction across lanes. The last
-    samples go through a 6-row copy (zeros after them), so that every sample takes the same
-    operations, wherever it is in the batch."""
+def forward_task(out, inp, weight, bias, t, panels, chunk, groups):
+    """Task ``t`` of ``dense_forward``'s sums (no activation). Without ``panels``: with
+    ``chunk`` > 0, samples ``chunk t ..`` over every unit, else the 4-unit block ``t`` over
+    the batch (``forward_units``). With ``panels``: a strip of units ``i0 .. i1 - 1``
+    (``PANEL_BYTES`` wide; ``groups`` tasks to a strip, each a share of the 6-sample blocks,
+    the last one also the 1 to 5 samples after them). The strip's rows of ``W`` are first
+    copied, transposed, into a packed panel (``pk[j, i - i0] = W[i, j]``), so that the sums are
+    ``delta_panel``'s tiles: a vector of units per loaded panel row, one broadcast input per
+    sample, no reduction across lanes. The last samples go through a 6-row copy (zeros after
+    them), so that every sample takes the same operations, wherever it is in the batch."""
     B, n_in = inp.shape
-    if k0 < k1 or rest:
-        pk = np.empty((n_in, PANEL_BYTES // weight.itemsize), dtype=weight.dtype)
+    n_out = weight.shape[0]
+    if not panels:
+        if chunk > 0:
+            for s in range((n_out + 3) // 4):
+                forward_units(out, inp, weight, bias, s, None, t * chunk, min(t * chunk + chunk, B))
+        else:
+            forward_units(out, inp, weight, bias, t, None, 0, B)
+        return
+    nr = PANEL_BYTES // weight.itemsize
+    i0, i1, k0, k1, rest = panel_task(t, nr, n_out, B // PANEL_ROWS, groups)
+    b_end = B // PANEL_ROWS * PANEL_ROWS
+    k_end = k1 + 1 if rest and b_end < B else k1
+    if k0 < k_end:
+        pk = np.empty((n_in, nr), dtype=weight.dtype)
         pack_transposed(pk, weight, i0, i1)
-        for k in range(k0, k1):
-            panel_sums(out, PANEL_ROWS * k, i0, i1, inp, pk, bias)
-        b0 = B // PANEL_ROWS * PANEL_ROWS
-        if rest and b0 < B:
-            xs = np.zeros((PANEL_ROWS, n_in), dtype=inp.dtype)
-            xs[:B - b0] = inp[b0:]
-            zs = np.empty((PANEL_ROWS, out.shape[1]), dtype=out.dtype)
-            panel_sums(zs, 0, i0, i1, xs, pk, bias)
-            out[b0:, i0:i1] = zs[:B - b0, i0:i1]
+        # the last samples' block reads a padded copy and writes a scratch block (the tile is
+        # called from one place: each call site is a copy of its code to compile)
+        xs = np.zeros((PANEL_ROWS if k_end > k1 else 0, n_in), dtype=inp.dtype)
+        zs = np.empty((xs.shape[0], out.shape[1]), dtype=out.dtype)
+        for b in range(b_end, b_end + xs.shape[0]):
+            for j in range(n_in if b < B else 0):
+                xs[b - b_end, j] = inp[b, j]
+        for k in range(k0, k_end):
+            last = k == k1
+            panel_sums(zs if last else out, 0 if last else PANEL_ROWS * k, i0, i1,
+                       xs if last else inp, pk, bias)
+        for b in range(b_end, min(B, b_end + xs.shape[0])):
+            for i in range(i0, i1):
+                out[b, i] = zs[b - b_end, i]
 
 
 def panel_sums(out, b0, i0, i1, inp, pk, bias):
@@ -619,7 +624,7 @@ def panel_sums(out, b0, i0, i1, inp, pk, bias):
 def _panel_sums(out, b0, i0, i1, inp, pk, bias):
     if all(a.layout == "C" for a in (out, inp, pk, bias)):
         def tiles(out, b0, i0, i1, inp, pk, bias):
-            forward_panel_tile(out, b0, i0, i1, inp, pk, bias)
+            forward_panel(out, b0, i0, i1, inp, pk, bias)
         return tiles
     return lambda out, b0, i0, i1, inp, pk, bias: None
 

@@ -22,6 +22,10 @@ turned (4 samples x 4 vectors of sums over ``W``'s rows). On one thread, 32 samp
 columns from 10 outputs (the first layer's share of a thread at mnist-b32): 0.89 against 1.34
 us.
 
+``forward_panel``: ``delta_tile``'s tile for the forward pass on big batches, over a panel of
+``W`` transposed (``transpose_block``: a square of a vector's lanes transposed in registers);
+docs/performance.md, "Forward panels".
+
 ``column_sums``: the bias step, ``sum_b dout[b, i]`` for a range of ``i``, with the columns
 side by side in vectors running down the batch, where a loop per element is one chain of
 dependent scalar additions: 128 rows x 32 samples took 3.1 us that way on one thread.
@@ -542,14 +546,9 @@ def forward_panel(typingctx, out, b0, i0, i1, inp, panel, bias):
     return types.void(out, b0, i0, i1, inp, panel, bias), codegen
 
 
-def transpose_lanes(dtype):
-    """The side of ``transpose_block``'s square for ``dtype``: the lanes of a vector."""
-    return vector_bits() // dtype.bitwidth
-
-
 @intrinsic
 def transpose_block(typingctx, dst, src, r0, c0, d0):
-    """``dst[c0 + c, d0 + r] = src[r0 + r, c0 + c]`` for r, c < L (``transpose_lanes``): L
+    """``dst[c0 + c, d0 + r] = src[r0 + r, c0 + c]`` for r, c < L (a vector's lanes): L
     vector loads, L log2(L) two-vector shuffles (each step swaps blocks half as wide between
     pairs of rows), L vector stores, where element by element it is L^2 loads and stores.
     dst, src: C-contiguous 2-D arrays of one float dtype; r0, c0, d0: integers (rows and
