@@ -274,6 +274,15 @@ for dtype in (np.float32, np.float64):
         x64, W64 = X[:B].astype(np.float64), W.astype(np.float64)
         bound = 2 * (n_in + 2) * e * (np.abs(x64) @ np.abs(W64).T + np.abs(b))
         worst = max(worst, float((np.abs(outs[0] - (x64 @ W64.T + b)) / bound).max()))
+
+# the panels' transposing copy: squares of this width's lanes, and element by element
+from fastbp.kernels.dense import pack_transposed
+for dtype in (np.float32, np.float64):
+    for order in ("C", "F"):
+        src = np.asarray(rng.uniform(-1, 1, (37, 21)).astype(dtype), order=order)
+        pk = np.zeros((21, 40), dtype)
+        pack_transposed(pk, src, 3, 37)
+        assert np.array_equal(pk[:, :34], src[3:].T), ("pack_transposed", dtype, order)
 print(json.dumps({"bits": vector_bits(), "worst": worst}))
 """
 
@@ -289,7 +298,9 @@ def test_vector_tiles_at_narrower_vector_widths(tmp_path, cpu, features, bits):
     checks the forward pass, the gradient with its bias step and delta propagation against NumPy (whole tiles,
     columns past the last vector, fewer columns than one vector, rows read through indices,
     both dtypes), that the gradient's and the deltas' columns come out bitwise the same
-    however they are split, and that the packed panels give the 4-row tiles' numbers."""
+    however they are split, that the packed panels give the 4-row tiles' numbers, that the
+    forward panels give a sample the same numbers wherever it sits in the batch, and the
+    panels' transposing copy."""
     import os
     import platform
     import subprocess

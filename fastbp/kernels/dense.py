@@ -22,8 +22,7 @@ from .._config import jit, jit_pair
 from .activations import (IDENTITY, SOFTMAX, activate_part, activate_row, activation_grad,
                           activation_parts)
 from .simd import (PANEL_ROWS, column_sums, delta_panel, delta_tile, dot_tile, forward_panel,
-                   grad_panel, grad_tile, panel_vectors, transpose_block,
-                   vector_bits)
+                   grad_panel, grad_tile, panel_vectors, transpose_block, vector_bits)
 
 # Column chunk of delta propagation: 4 rows of ``dinp`` and 4 of ``W`` this wide (float64)
 # stay in L1 while the loop over ``W``'s rows runs over them.
@@ -564,7 +563,7 @@ def transpose_square(dst, src, r0, c0, d0):
 def _transpose_square(dst, src, r0, c0, d0):
     if all(a.layout == "C" for a in (dst, src)):
         return lambda dst, src, r0, c0, d0: transpose_block(dst, src, r0, c0, d0)
-    side = SQUARE_BYTES // src.dtype.bitwidth * 8
+    side = SQUARE_BYTES * 8 // src.dtype.bitwidth
 
     def loops(dst, src, r0, c0, d0):
         for c in range(side):
@@ -589,7 +588,8 @@ def forward_task(out, inp, weight, bias, t, panels, chunk, groups):
     if not panels:
         if chunk > 0:
             for s in range((n_out + 3) // 4):
-                forward_units(out, inp, weight, bias, s, None, t * chunk, min(t * chunk + chunk, B))
+                forward_units(out, inp, weight, bias, s, None, t * chunk,
+                              min(t * chunk + chunk, B))
         else:
             forward_units(out, inp, weight, bias, t, None, 0, B)
         return
