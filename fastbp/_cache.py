@@ -59,13 +59,13 @@ BUILDER_ENV = "_FASTBP_BUILDER"
 # on one core of a 2-core Xeon (AVX-512), float32; docs/performance.md has the table).
 PATHS = {
     "sgd-per-sample": ("per-sample SGD (fit with batch_size=1)", 5),
-    "sgd-batches": ("mini-batch SGD", 11),
+    "sgd-batches": ("mini-batch SGD", 12),
     "sgd-deferred": ("mini-batch SGD with the deferred first-layer step", 11),
     "sgd-deferred-slices": ("mini-batch SGD with the deferred first-layer step, unshuffled", 10),
-    "train-segment": ("training with momentum, Adam or sample weights", 13),
+    "train-segment": ("training with momentum, Adam or sample weights", 14),
     "sgd-hogwild": ("Hogwild per-sample SGD", 7),
-    "predict": ("inference (forward, predict, loss, validation)", 7),
-    "gradients": ("gradients", 11),
+    "predict": ("inference (forward, predict, loss, validation)", 8),
+    "gradients": ("gradients", 12),
     "optimizer-step": ("optimizer steps", 2),
     "data-parallel": ("data-parallel training (fit with comm=...)", 13),
 }
