@@ -439,6 +439,25 @@ def test_bias_sums_add_the_samples_in_order(dtype, rng):
         assert_within(looped, ref, tol, f"bias loops {np.dtype(dtype).name} B={B} n={n}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_dense_grad_bias_is_the_in_order_sum(dtype, rng):
+    """The bias inside fastbp's own kernels, compiled with its fast-math flags: the plain
+    left-to-right sum of each column, bitwise, on the panel path and off it, threaded and
+    serial (LLVM regrouped it under ``reassoc`` once, differently per caller)."""
+    for B, n_in, n_out in [(1024, 1000, 777), (256, 1024, 128), (128, 784, 512), (33, 17, 10),
+                           (256, 784, 130)]:
+        dout = rng.normal(size=(B, n_out)).astype(dtype)
+        inp = rng.normal(size=(B, n_in)).astype(dtype)
+        want = np.zeros(n_out, dtype)
+        for b in range(B):
+            want = (want + dout[b]).astype(dtype)
+        for name, kernel in GRAD.items():
+            dW = nan_filled((n_out, n_in), dtype)
+            db = nan_filled(n_out, dtype)
+            kernel(dW, db, dout, inp, dtype(1.0))
+            assert np.array_equal(db, want), (np.dtype(dtype).name, name, B, n_in, n_out)
+
+
 @numba.njit
 def _forward_by_blocks(out, X, W, b):
     for t in range((W.shape[0] + 3) // 4):

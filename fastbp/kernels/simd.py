@@ -626,7 +626,9 @@ def column_sums(typingctx, dbias, i0, i1, dout, scale, accumulate):
                 for v in range(nv):
                     x = _vector_load(builder, builder.gep(row, [builder.add(j, intp_t(v * lanes))]),
                                      vty, align, mask)
-                    builder.store(builder.fadd(builder.load(acc[v]), x), acc[v])
+                    # a flag of its own: numba's fast-math pass gives a flagless fadd
+                    # ``reassoc``, and LLVM then regrouped the sums differently per caller
+                    builder.store(builder.fadd(builder.load(acc[v]), x, flags=("nsz",)), acc[v])
             step = _splat(builder, scale, vty)
             for v in range(nv):
                 p = builder.gep(out, [builder.add(j, intp_t(v * lanes))])
