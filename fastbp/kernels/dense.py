@@ -86,6 +86,8 @@ PANEL_BYTES = panel_vectors() * vector_bits() // 8
 # ``pack_transposed``'s squares: a vector's lanes a side (``simd.transpose_block``)
 SQUARE_BYTES = vector_bits() // 8
 PANEL_GROUPS = 2
+# ``dense_grad``'s coefficients are packed in pieces of this many samples (one task each)
+COEF_PIECE = 128
 
 
 def row_of(rows, b):
@@ -530,6 +532,17 @@ def pack_columns(pk, src, j0, j1):
 
 
 @jit()
+def pack_coefficients(coef, dout, b0, b1):
+    """``coef[k, b, u] = dout[b, 6 k + u]`` for samples ``b0 <= b < b1`` and every block ``k``
+    of ``coef``: each row of ``dout`` read once, in order (by blocks, rows ``n_out`` elements
+    apart fall in a few cache sets and were read again for every block)."""
+    for b in range(b0, b1):
+        for k in range(coef.shape[0]):
+            for u in range(PANEL_ROWS):
+                coef[k, b, u] = dout[b, PANEL_ROWS * k + u]
+
+
+@jit()
 def use_forward_panels(n_samples, n_out):
     """Whether ``dense_forward`` takes the packed panels for ``n_samples`` inputs to ``n_out``
     units (at 256 and 512 bits; not with 128-bit vectors: not measured)."""
@@ -800,14 +813,23 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
         # n_out apart (4 KiB at 1024 float32 units: a few cache sets) and every strip reads
         # them all again (docs/performance.md, "Packed panels")
         coef = np.empty((n6, B, PANEL_ROWS), dtype=dout.dtype)
-        for k in prange(n6):
-            pack_columns(coef[k], dout, PANEL_ROWS * k, PANEL_ROWS * (k + 1))
+        for p in prange((B + COEF_PIECE - 1) // COEF_PIECE):
+            pack_coefficients(coef, dout, COEF_PIECE * p, min(COEF_PIECE * (p + 1), B))
         n_strips = (n_in + nr - 1) // nr
         groups = panel_groups(n_strips)
-        for t in prange(n_strips * groups):
+        n_tasks = n_strips * groups
+        n_bias = PANEL_ROWS * n6 // 4
+        for t in prange(n_tasks):
             j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6, groups)
             grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1, k0, k1,
                              last)
+            # the panel rows' bias, shared out over all the tasks in 4-row pieces (one task
+            # holding them all was waited for by the other thread: docs/performance.md,
+            # "Gradient copies")
+            q0 = 4 * (n_bias * t // n_tasks)
+            q1 = 4 * (n_bias * (t + 1) // n_tasks)
+            if q1 > q0:
+                bias_sums(dbias, dout, scale, accumulate, q0, q1)
         return
     n_vec = (n_in + 15) // 16
     n_strips = grad_strips(n_vec)
@@ -833,7 +855,8 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
 def grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1, k0, k1, rest):
     """Columns ``j0 .. j1 - 1`` of ``dense_grad`` for the 6-row blocks ``k0 .. k1 - 1`` of ``dW``
     (rows ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the rows after the last block
-    (``panel_blocks``) in ``grad_block``'s 4-row tiles; the bias of those rows when ``j0`` is 0.
+    (``panel_blocks``) in ``grad_block``'s 4-row tiles, with their bias when ``j0`` is 0 (the
+    blocks' rows take their bias in ``dense_grad``).
     ``inp[:, j0:j1]`` is first copied into a packed panel (one allocation of ``B x
     PANEL_BYTES``), which each 6-row tile (``panel_grad``) then reads in order, with block
     ``k``'s coefficients from ``coef[k]`` (``coef[k, b, u] = dout[b, 6 k + u]``)."""
@@ -843,10 +866,6 @@ def grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1,
         pack_columns(pk, inp, j0, j1)
         for k in range(k0, k1):
             panel_grad(dweight, PANEL_ROWS * k, j0, j1, coef[k], pk, scale, accumulate)
-        if j0 == 0:
-            # the bias in the 4-row pieces of ``grad_block`` (the same lanes, the same numbers)
-            for i0 in range(4 * ((PANEL_ROWS * k0 + 3) // 4), PANEL_ROWS * k1, 4):
-                bias_sums(dbias, dout, scale, accumulate, i0, i0 + 4)
         if rest:
             for i0 in range(PANEL_ROWS * panel_blocks(n_out), n_out, 4):
                 grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out),
