@@ -17,7 +17,8 @@ import pytest
 import naive
 from fastbp import _config
 from fastbp import kernels as K
-from fastbp.kernels.dense import bias_sums, deferred_sweep, forward_units, grad_block
+from fastbp.kernels.dense import (bias_sums, deferred_sweep, forward_units, grad_block, panel_groups,
+                                  panel_task)
 from fastbp.kernels.simd import vector_bits
 
 ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")
@@ -456,6 +457,37 @@ def test_dense_grad_bias_is_the_in_order_sum(dtype, rng):
             db = nan_filled(n_out, dtype)
             kernel(dW, db, dout, inp, dtype(1.0))
             assert np.array_equal(db, want), (np.dtype(dtype).name, name, B, n_in, n_out)
+
+
+@pytest.mark.parametrize("n_cols, nr", [(1024, 16), (784, 16), (16, 16), (17, 16), (777, 32),
+                                        (1000, 8), (48, 16)])
+@pytest.mark.parametrize("n6", [0, 1, 2, 20, 21])
+def test_panel_tasks_cover_every_strip_and_block_once(n_cols, nr, n6):
+    """The panel paths' tasks (``panel_groups``, ``panel_task``): every (column, 6-row block)
+    once, the rows after the blocks once per strip, one task per strip but the last when the
+    strips are odd, whose two halves of the blocks go one to each half of the loop."""
+    n_strips = (n_cols + nr - 1) // nr
+    groups = panel_groups(n_strips)
+    n_tasks = n_strips + groups - 1
+    assert n_tasks % 2 == 0
+    seen = np.zeros((n_cols, max(n6, 1)), np.int64)
+    rests = np.zeros(n_cols, np.int64)
+    packs = np.zeros(n_strips, np.int64)
+    for t in range(n_tasks):
+        j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_cols, n6, groups)
+        assert j0 % nr == 0 and 0 <= j0 < j1 <= min(j0 + nr, n_cols), (t, j0, j1)
+        assert 0 <= k0 <= k1 <= n6
+        seen[j0:j1, k0:k1] += 1
+        rests[j0:j1] += bool(last)
+        packs[j0 // nr] += 1
+    if n6:
+        assert (seen == 1).all()
+    assert (rests == 1).all()
+    assert (packs[:-1] == 1).all() and packs[-1] == groups
+    if groups == 2:  # the split strip: its first half at task 0, its second at the middle
+        half = n_tasks // 2
+        assert panel_task(np.int64(0), nr, n_cols, n6, groups)[:2] == \
+            panel_task(np.int64(half), nr, n_cols, n6, groups)[:2] == ((n_strips - 1) * nr, n_cols)
 
 
 @numba.njit

@@ -65,10 +65,10 @@ PREFETCH_BLOCKS = 4
 # strip of the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
 # 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
-# When the strips do not share out evenly between 2 threads, each is split into
-# ``PANEL_GROUPS`` tasks (each packs its own copy) so that the threads get equal shares; when
-# they do, a strip is one task, packed once (``panel_groups``). Measurements:
-# docs/performance.md, "Packed panels".
+# A strip is one task, packed once; when the strips do not share out evenly between 2 threads,
+# the last one is split into ``PANEL_GROUPS`` tasks (each packs its own copy), one for each
+# thread (``panel_groups``, ``panel_task``). Measurements: docs/performance.md, "Packed panels"
+# and "Gradient copies".
 PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 512
 PANEL_MIN_PRODUCT = 65536
@@ -331,11 +331,9 @@ def dense_forward(out, inp, weight, bias, act):
     chunk = forward_chunk(B) if B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES else 0
     nr = PANEL_BYTES // weight.itemsize
     n_strips = (n_out + nr - 1) // nr
-    # an odd number of strips is shared by sample blocks only when there are few strips: each
-    # share packs the strip again
-    groups = 1 if n_strips > 4 else panel_groups(n_strips)
+    groups = panel_groups(n_strips)
     if panels:
-        n_tasks = n_strips * groups
+        n_tasks = n_strips + groups - 1
     elif chunk > 0:
         n_tasks = (B + chunk - 1) // chunk
     else:
@@ -449,7 +447,7 @@ def dense_backward(dinp, dout, weight, inp, act):
         n6 = panel_blocks(B)
         n_strips = (n_in + nr - 1) // nr
         groups = panel_groups(n_strips)
-        for t in prange(n_strips * groups):
+        for t in prange(n_strips + groups - 1):
             j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6, groups)
             backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, last)
         return
@@ -496,22 +494,31 @@ def use_grad_panels(n_samples, n_rows, row_bytes):
 
 @jit()
 def panel_groups(n_strips):
-    """Tasks per column strip of a panel path: 1 for an even number of strips (2 threads get
-    equal shares, each strip packed once), else ``PANEL_GROUPS``. Sized for 2 threads (the
-    kernel cannot ask numba for the thread count and stay cacheable); with more, only the
-    balance changes. The tiles take the same operations however the work is split: the
-    results do not depend on this."""
+    """Tasks for the last column strip of a panel path (every other strip is one task, packed
+    once): 1 for an even number of strips (2 threads get equal shares), else ``PANEL_GROUPS``
+    (one share each, ``panel_task``). Sized for 2 threads (the kernel cannot ask numba for the
+    thread count and stay cacheable); with more, only the balance changes. The tiles take the
+    same operations however the work is split: the results do not depend on this."""
     return 1 if n_strips % 2 == 0 else PANEL_GROUPS
 
 
 @jit()
 def panel_task(t, nr, n_cols, n6, groups):
-    """Task ``t`` of a panel path: columns ``[j0, j1)`` (strip ``t // groups``, ``nr`` wide, of
-    ``n_cols``), the 6-row blocks ``[k0, k1)`` (share ``t % groups`` of ``n6``), and whether it
-    is the strip's last share (which also takes the rows after the blocks)."""
-    g = t % groups
-    j0 = t // groups * nr
-    return (j0, min(j0 + nr, n_cols), n6 * g // groups, n6 * (g + 1) // groups, g == groups - 1)
+    """Task ``t`` of ``n_strips + groups - 1`` of a panel path: columns ``[j0, j1)`` (a strip
+    ``nr`` wide of ``n_cols``), the 6-row blocks ``[k0, k1)`` of ``n6``, and whether it is the
+    strip's last share (which also takes the rows after the blocks). Each strip is one task,
+    all blocks; with ``groups`` 2 (``PANEL_GROUPS``) the last strip's two halves of the blocks
+    are the first task and the first of the second half of the tasks, one for each thread
+    when numba gives 2 threads equal runs of the loop."""
+    if groups == 1:
+        return (t * nr, min(t * nr + nr, n_cols), 0, n6, True)
+    n_strips = (n_cols + nr - 1) // nr
+    half = (n_strips + groups - 1) // 2
+    if t == 0 or t == half:
+        g = 0 if t == 0 else 1
+        return ((n_strips - 1) * nr, n_cols, n6 * g // 2, n6 * (g + 1) // 2, g == 1)
+    s = t - 1 if t < half else t - 2
+    return (s * nr, min(s * nr + nr, n_cols), 0, n6, True)
 
 
 @jit()
@@ -590,8 +597,8 @@ def forward_task(out, inp, weight, bias, t, panels, chunk, groups):
     """Task ``t`` of ``dense_forward``'s sums (no activation). Without ``panels``: with
     ``chunk`` > 0, samples ``chunk t ..`` over every unit, else the 4-unit block ``t`` over
     the batch (``forward_units``). With ``panels``: a strip of units ``i0 .. i1 - 1``
-    (``PANEL_BYTES`` wide; ``groups`` tasks to a strip, each a share of the 6-sample blocks,
-    the last one also the 1 to 5 samples after them). The strip's rows of ``W`` are first
+    (``PANEL_BYTES`` wide; ``panel_task``: with ``groups`` 2 the last strip in two tasks, each a
+    share of the 6-sample blocks, the second one also the 1 to 5 samples after them). The strip's rows of ``W`` are first
     copied, transposed, into a packed panel (``pk[j, i - i0] = W[i, j]``), so that the sums are
     ``delta_panel``'s tiles: a vector of units per loaded panel row, one broadcast input per
     sample, no reduction across lanes. The last samples go through a 6-row copy (zeros after
@@ -817,7 +824,7 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
             pack_coefficients(coef, dout, COEF_PIECE * p, min(COEF_PIECE * (p + 1), B))
         n_strips = (n_in + nr - 1) // nr
         groups = panel_groups(n_strips)
-        n_tasks = n_strips * groups
+        n_tasks = n_strips + groups - 1
         n_bias = PANEL_ROWS * n6 // 4
         for t in prange(n_tasks):
             j0, j1, k0, k1, last = panel_task(np.int64(t), nr, n_in, n6, groups)
