@@ -17,8 +17,8 @@ import pytest
 import naive
 from fastbp import _config
 from fastbp import kernels as K
-from fastbp.kernels.dense import (bias_sums, deferred_sweep, forward_units, grad_block, panel_groups,
-                                  panel_task)
+from fastbp.kernels.dense import (bias_sums, deferred_sweep, forward_units, grad_block,
+                                  panel_groups, panel_task)
 from fastbp.kernels.simd import vector_bits
 
 ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")

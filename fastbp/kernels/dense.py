@@ -597,12 +597,13 @@ def forward_task(out, inp, weight, bias, t, panels, chunk, groups):
     """Task ``t`` of ``dense_forward``'s sums (no activation). Without ``panels``: with
     ``chunk`` > 0, samples ``chunk t ..`` over every unit, else the 4-unit block ``t`` over
     the batch (``forward_units``). With ``panels``: a strip of units ``i0 .. i1 - 1``
-    (``PANEL_BYTES`` wide; ``panel_task``: with ``groups`` 2 the last strip in two tasks, each a
-    share of the 6-sample blocks, the second one also the 1 to 5 samples after them). The strip's rows of ``W`` are first
-    copied, transposed, into a packed panel (``pk[j, i - i0] = W[i, j]``), so that the sums are
-    ``delta_panel``'s tiles: a vector of units per loaded panel row, one broadcast input per
-    sample, no reduction across lanes. The last samples go through a 6-row copy (zeros after
-    them), so that every sample takes the same operations, wherever it is in the batch."""
+    (``PANEL_BYTES`` wide; ``panel_task``: with ``groups`` 2 the last strip in two tasks, each
+    a share of the 6-sample blocks, the second one also the 1 to 5 samples after them). The
+    strip's rows of ``W`` are first copied, transposed, into a packed panel (``pk[j, i - i0]
+    = W[i, j]``), so that the sums are ``delta_panel``'s tiles: a vector of units per loaded
+    panel row, one broadcast input per sample, no reduction across lanes. The last samples go
+    through a 6-row copy (zeros after them), so that every sample takes the same operations,
+    wherever it is in the batch."""
     B, n_in = inp.shape
     n_out = weight.shape[0]
     if not panels:
