@@ -88,6 +88,10 @@ SQUARE_BYTES = vector_bits() // 8
 PANEL_GROUPS = 2
 # ``dense_grad``'s coefficients are packed in pieces of this many samples (one task each)
 COEF_PIECE = 128
+# ``pack_columns`` prefetches the row this many rows ahead of the one it copies: its strip of
+# the source (an input batch, W) is a line or a few from each row, rows a page or so apart,
+# which the hardware prefetchers do not follow. docs/performance.md, "Panel copies".
+PACK_AHEAD = 16
 
 
 def row_of(rows, b):
@@ -530,9 +534,30 @@ def panel_blocks(n):
     return n // 4 * 4 // (2 * PANEL_ROWS) * 2
 
 
+def panel_width(arr):
+    """Elements of ``arr``'s dtype in ``PANEL_BYTES``: a constant when compiling."""
+    return PANEL_BYTES // arr.itemsize
+
+
+@overload(panel_width)
+def _panel_width(arr):
+    width = PANEL_BYTES // (arr.dtype.bitwidth // 8)
+    return lambda arr: width
+
+
 @jit()
 def pack_columns(pk, src, j0, j1):
-    """``pk[r, :j1 - j0] = src[r, j0:j1]`` for every row of ``src``."""
+    """``pk[r, :j1 - j0] = src[r, j0:j1]`` for every row of ``src``. A whole strip (one line
+    or a few from each row, rows a page or so apart, where the hardware prefetchers do not
+    follow) is copied with a constant width and the rows ``PACK_AHEAD`` further on prefetched."""
+    w = panel_width(src)
+    if j1 - j0 == w:
+        for r in range(src.shape[0]):
+            prefetch_l2(src, r + PACK_AHEAD, j0)
+            prefetch_l2(src, r + PACK_AHEAD, j1 - 1)
+            for u in range(w):
+                pk[r, u] = src[r, j0 + u]
+        return
     for r in range(src.shape[0]):
         for j in range(j0, j1):
             pk[r, j - j0] = src[r, j]
