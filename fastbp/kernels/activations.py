@@ -63,7 +63,9 @@ def _fast_exp(x):
         p = np.float32(1.0) + g * (np.float32(1.0) + g * (np.float32(0.5) + g * (
             np.float32(1.0 / 6) + g * (np.float32(1.0 / 24) + g * (np.float32(1.0 / 120) + g * (
                 np.float32(1.0 / 720) + g * np.float32(1.0 / 5040)))))))
-        r = p * _float32_from_bits((np.int64(n) + 127) << 23)
+        # int32, not int64: AVX2 converts a vector of floats to int32 in one instruction, to
+        # int64 one lane at a time (docs/performance.md, "Sigmoid at 256 bits")
+        r = p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
         r = np.float32(0.0) if x < lo else r  # underflow (flushed to zero)
         r = np.float32(np.inf) if x > hi else r  # overflow
         return x if x != x else r  # NaN
