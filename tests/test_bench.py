@@ -42,8 +42,11 @@ def _assert_same_weights(got, want, dtype):
 
 # ---- workloads ---------------------------------------------------------------------------------
 def test_workloads_cover_the_issue():
-    for name in ("seed-b1", "tiny-b1", "mnist-b32", "odd-b1", "odd-b17", "mnist-b256"):
+    for name in ("seed-b1", "tiny-b1", "mnist-b32", "odd-b1", "odd-b17", "mnist-b256",
+                 "wide-b128", "deep-b256", "deep-b1024", "odd-b65", "single-b128", "narrow-b64"):
         assert name in WORKLOADS
+    assert WORKLOADS["odd-b65"].layers == (1000, 777, 33) and WORKLOADS["odd-b65"].batch == 65
+    assert WORKLOADS["single-b128"].layers[-1] == 1
     assert DEFAULT_WORKLOADS == ("seed-b1", "tiny-b1", "mnist-b32")
     assert WORKLOADS["seed-b1"].layers == (784, 128, 10) and WORKLOADS["seed-b1"].batch == 1
     assert WORKLOADS["tiny-b1"].layers == (64, 32, 10) and WORKLOADS["tiny-b1"].batch == 1

@@ -70,6 +70,14 @@ WORKLOADS = _workloads(
              description="two hidden layers of 1024, batches of 256"),
     Workload("deep-b1024", (784, 1024, 1024, 10), 1024, n_samples=4096,
              description="two hidden layers of 1024, batches of 1024"),
+    # Shapes no tile divides (the Speed II issue: within 0.8 of the big-layer ratios): odd
+    # widths with an odd batch, a single output unit, a deep stack of narrow layers.
+    Workload("odd-b65", (1000, 777, 33), 65, n_samples=65 * 64,
+             description="odd widths (1000-777-33), odd batch of 65"),
+    Workload("single-b128", (784, 128, 1), 128, n_samples=32768,
+             description="a single output unit, batches of 128"),
+    Workload("narrow-b64", (784, 64, 64, 64, 64, 64, 64, 10), 64, n_samples=32768,
+             description="six narrow hidden layers (64), batches of 64"),
     # Small problems for the tests: not benchmarks. test-ragged ends on a batch of 1.
     Workload("test-tiny", (6, 5, 3), 2, lr=0.1, n_samples=16,
              description="test problem"),

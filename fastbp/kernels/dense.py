@@ -61,20 +61,19 @@ PREFETCH_BLOCKS = 4
 # Packed panels (``simd.delta_panel``, ``simd.grad_panel``): from ``PANEL_MIN_SAMPLES``
 # samples and ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``), with
 # ``PANEL_MIN_PRODUCT`` samples x terms (``GRAD_PANEL_*`` for ``dense_grad``: samples, rows of
-# ``dW``, their product, bytes per input row), ``dense_backward`` and ``dense_grad`` copy the
+# ``dW``, bytes per input row), ``dense_backward`` and ``dense_grad`` copy the
 # strip of the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
 # 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
 # A strip is one task, packed once; when the strips do not share out evenly between 2 threads,
 # the last one is split into ``PANEL_GROUPS`` tasks (each packs its own copy), one for each
-# thread (``panel_groups``, ``panel_task``). Measurements: docs/performance.md, "Packed panels"
-# and "Gradient copies".
+# thread (``panel_groups``, ``panel_task``). Measurements: docs/performance.md, "Packed panels",
+# "Gradient copies" and "Panel copies" (where the prefetched copy moved the gradient's bound).
 PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 512
 PANEL_MIN_PRODUCT = 65536
 GRAD_PANEL_MIN_SAMPLES = 128
-GRAD_PANEL_MIN_ROWS = 128
-GRAD_PANEL_MIN_PRODUCT = 32768
+GRAD_PANEL_MIN_ROWS = 64
 GRAD_PANEL_MIN_BYTES = 1024
 # ``dense_forward`` takes packed panels of ``W`` transposed (``forward_task``) from
 # ``FORWARD_PANEL_MIN_SAMPLES`` samples and ``FORWARD_PANEL_MIN_UNITS`` units: the copy of a
@@ -488,12 +487,11 @@ def use_grad_panels(n_samples, n_rows, row_bytes):
     for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` long. In place, the
     input's strip streams from L2 for every 4 rows (and rows a multiple of 1 KiB apart share a
     few cache sets); packed, it streams in order. From ``GRAD_PANEL_MIN_SAMPLES`` samples,
-    ``GRAD_PANEL_MIN_ROWS`` rows, ``GRAD_PANEL_MIN_PRODUCT`` samples x rows and
-    ``GRAD_PANEL_MIN_BYTES`` per input row, at 256 and 512 bits (not with 128-bit vectors: not
-    measured). docs/performance.md, "Packed panels"."""
+    ``GRAD_PANEL_MIN_ROWS`` rows and ``GRAD_PANEL_MIN_BYTES`` per input row, at 256 and 512
+    bits (not with 128-bit vectors: not measured). docs/performance.md, "Packed panels" and
+    "Panel copies"."""
     return (PANEL_BYTES >= 64 and n_rows >= GRAD_PANEL_MIN_ROWS
-            and n_samples >= GRAD_PANEL_MIN_SAMPLES and row_bytes >= GRAD_PANEL_MIN_BYTES
-            and n_samples * n_rows >= GRAD_PANEL_MIN_PRODUCT)
+            and n_samples >= GRAD_PANEL_MIN_SAMPLES and row_bytes >= GRAD_PANEL_MIN_BYTES)
 
 
 @jit()
