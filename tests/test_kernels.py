@@ -562,14 +562,14 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
     name = np.dtype(dtype).name
     code = K.ACTIVATIONS[act]
     for B, n_in, n_out in BACKWARD_PANEL_SHAPES:
-        assert use_panels(B, n_out)
+        assert use_panels(B, n_out, n_in * np.dtype(dtype).itemsize)
         dout = rng.normal(size=(B, n_out)).astype(dtype)
         W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
         a = activation_outputs(rng, (B, n_in), act, dtype)
         # pieces of 12 samples (whole 4-sample tiles, as in the panel path): no panels
         want = nan_filled((B, n_in), dtype)
         for s in range(0, B, 12):
-            assert not use_panels(min(12, B - s), n_out)
+            assert not use_panels(min(12, B - s), n_out, n_in * np.dtype(dtype).itemsize)
             K.dense_backward(want[s:s + 12], dout[s:s + 12], W, a[s:s + 12], code)
         for kernel in (K.dense_backward, K.dense_backward_serial):
             got = nan_filled((B, n_in), dtype)

@@ -59,9 +59,10 @@ FORWARD_CHUNK_MAX = 128
 # 0.979 without the prefetch and the reordering, 1.03 with the reordering alone.
 PREFETCH_BLOCKS = 4
 # Packed panels (``simd.delta_panel``, ``simd.grad_panel``): from ``PANEL_MIN_SAMPLES``
-# samples and ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``), with
-# ``PANEL_MIN_PRODUCT`` samples x terms (``GRAD_PANEL_*`` for ``dense_grad``: samples, rows of
-# ``dW``, bytes per input row), ``dense_backward`` and ``dense_grad`` copy the
+# samples, ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``) and
+# ``PANEL_MIN_PRODUCT`` samples x terms (fewer terms for rows a multiple of 2 KiB apart:
+# ``use_panels``) (``GRAD_PANEL_*`` for ``dense_grad``:
+# samples, rows of ``dW``, bytes per input row), ``dense_backward`` and ``dense_grad`` copy the
 # strip of the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
 # 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
@@ -70,8 +71,9 @@ PREFETCH_BLOCKS = 4
 # thread (``panel_groups``, ``panel_task``). Measurements: docs/performance.md, "Packed panels",
 # "Gradient copies" and "Panel copies" (where the prefetched copy moved the gradient's bound).
 PANEL_MIN_SAMPLES = 64
-PANEL_MIN_TERMS = 512
-PANEL_MIN_PRODUCT = 65536
+PANEL_MIN_TERMS = 256
+PANEL_MIN_PRODUCT = 32768
+PANEL_ALIASED_MIN_TERMS = 64
 GRAD_PANEL_MIN_SAMPLES = 128
 GRAD_PANEL_MIN_ROWS = 64
 GRAD_PANEL_MIN_BYTES = 1024
@@ -445,7 +447,7 @@ def dense_backward(dinp, dout, weight, inp, act):
     so the result does not depend on the path, the split or the thread count.
     """
     B, n_in = dinp.shape
-    if use_panels(B, weight.shape[0]) and packable(dinp, dout, weight):
+    if use_panels(B, weight.shape[0], n_in * weight.itemsize) and packable(dinp, dout, weight):
         nr = PANEL_BYTES // weight.itemsize
         n6 = panel_blocks(B)
         n_strips = (n_in + nr - 1) // nr
@@ -475,10 +477,20 @@ def _packable(a, b, c):
 
 
 @jit()
-def use_panels(n_samples, n_terms):
-    """Whether ``n_samples`` sums of ``n_terms`` terms each take the packed panels."""
-    return (n_samples >= PANEL_MIN_SAMPLES and n_terms >= PANEL_MIN_TERMS
-            and n_samples * n_terms >= PANEL_MIN_PRODUCT)
+def use_panels(n_samples, n_terms, row_bytes):
+    """Whether ``dense_backward`` takes the packed panels: ``n_samples`` sums of ``n_terms``
+    terms each, over rows of ``W`` ``row_bytes`` long. From ``PANEL_MIN_SAMPLES`` samples,
+    ``PANEL_MIN_TERMS`` terms and ``PANEL_MIN_PRODUCT`` samples x terms; from
+    ``PANEL_ALIASED_MIN_TERMS`` terms (and any product) when ``W``'s rows are a
+    multiple of 2 KiB apart and at least 4 KiB (in place, the 4-sample tiles then read lines
+    that fall in a few cache sets: 2 to 2.7 times slower than the panels at 1024 and 2048
+    columns)."""
+    if n_samples < PANEL_MIN_SAMPLES:
+        return False
+    if n_terms >= PANEL_MIN_TERMS and n_samples * n_terms >= PANEL_MIN_PRODUCT:
+        return True
+    return (n_terms >= PANEL_ALIASED_MIN_TERMS and row_bytes >= 4096
+            and row_bytes % 2048 == 0)
 
 
 @jit()
