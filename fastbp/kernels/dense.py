@@ -60,9 +60,9 @@ FORWARD_CHUNK_MAX = 128
 PREFETCH_BLOCKS = 4
 # Packed panels (``simd.delta_panel``, ``simd.grad_panel``): from ``PANEL_MIN_SAMPLES``
 # samples, ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``) and
-# ``PANEL_MIN_PRODUCT`` samples x terms (fewer terms for rows a multiple of 2 KiB apart:
-# ``use_panels``) (``GRAD_PANEL_*`` for ``dense_grad``:
-# samples, rows of ``dW``, bytes per input row), ``dense_backward`` and ``dense_grad`` copy the
+# ``PANEL_MIN_PRODUCT`` samples x terms, or ``PANEL_ALIASED_MIN_TERMS`` terms for rows of ``W``
+# a multiple of 2 KiB apart (``use_panels``); ``GRAD_PANEL_*`` for ``dense_grad`` (samples,
+# rows of ``dW``, bytes per input row). ``dense_backward`` and ``dense_grad`` copy the
 # strip of the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
 # 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
