@@ -563,8 +563,7 @@ def pack_columns(pk, src, j0, j1):
     w = panel_width(src)
     if j1 - j0 == w:
         for r in range(src.shape[0]):
-            prefetch_l2(src, r + PACK_AHEAD, j0)
-            prefetch_l2(src, r + PACK_AHEAD, j1 - 1)
+            prefetch_row(src, r + PACK_AHEAD, j0, j1)
             for u in range(w):
                 pk[r, u] = src[r, j0 + u]
         return
@@ -1061,14 +1060,13 @@ def prefetch_l2(typingctx, arr, row, col):
 
 
 @jit()
-def prefetch_row(arr, r):
-    """``prefetch_l2`` every cache line of row ``r`` of the 2-D ``arr``: its first element, one
-    per 64 bytes after it, and its last (a row that starts inside a line ends inside one).
-    A loop per row, with no division per line."""
-    n = arr.shape[1]
-    for c in range(0, n, 64 // arr.itemsize):
+def prefetch_row(arr, r, c0, c1):
+    """``prefetch_l2`` every cache line of columns ``c0 .. c1 - 1`` of row ``r`` of the 2-D
+    ``arr``: its first element, one per 64 bytes after it, and its last (a piece that starts
+    inside a line ends inside one). A loop per row, with no division per line."""
+    for c in range(c0, c1, 64 // arr.itemsize):
         prefetch_l2(arr, r, c)
-    prefetch_l2(arr, r, n - 1)
+    prefetch_l2(arr, r, c1 - 1)
 
 
 @jit()
@@ -1137,7 +1135,7 @@ def deferred_sweep(out, dprev, inp, rows, inp_prev, rows_prev, a_prev, d_next, w
             k = t - t0
             if k < k_first:
                 for r in range(B * k // k_first, B * (k + 1) // k_first):
-                    prefetch_row(inp, row_of(rows, r))
+                    prefetch_row(inp, row_of(rows, r), 0, inp.shape[1])
                 if k == k_first - 1:
                     for t_ in range(t0, t + 1):
                         forward_units(out, inp, weight, bias, t_, rows, 0, B)
