@@ -217,8 +217,12 @@ def test_errors_are_one_line(files, tmp_path):
 
 def test_ctrl_c_saves_the_last_finished_epoch(tmp_path):
     model = tmp_path / "m.npz"
+    # A process started in the background by a non-interactive shell ignores SIGINT, and so do
+    # its children (pytest's, then): the command starts with the default action, as from a
+    # terminal, or it would rightly train on (seen as a 120-s timeout in such a run).
     proc = subprocess.Popen([SCRIPT, "train", "--epochs", "1000000", "--save", str(model)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # wait for a few finished epochs
             if line.startswith("epoch 3 "):
