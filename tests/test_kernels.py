@@ -242,7 +242,8 @@ for dtype in (np.float32, np.float64):
 from fastbp.kernels.dense import use_grad_panels
 for dtype in (np.float32, np.float64):
     B, n_in, n_out = 258, 256, 515
-    assert use_grad_panels(B, n_out, n_in * np.dtype(dtype).itemsize) == (vector_bits() >= 256)
+    item = np.dtype(dtype).itemsize
+    assert use_grad_panels(B, n_out, n_in * item, item) == (vector_bits() >= 256)
     X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
     d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
     W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
@@ -545,9 +546,12 @@ def test_large_batches_split_by_samples_and_column_strips(dtype, rng):
 # ``dense.use_grad_panels``), with panel strips that do not divide the columns (the panel is 64
 # float32 or 32 float64 columns wide with AVX-512, half that below), a last partial 6-row
 # block, rows past the last 6-row pair, and a last 1 to 3 rows; and the lower bounds: few terms
-# over rows of ``W`` a multiple of 2 KiB apart (70 x 1536), 70 rows of ``dW``.
+# over rows of ``W`` a multiple of 2 KiB apart (70 x 1536), 70 rows of ``dW``, 32 samples of
+# input rows a multiple of 4 KiB apart (1024 columns), 64 samples for 258 rows of ``dW`` (at
+# 256 bits).
 BACKWARD_PANEL_SHAPES = [(67, 77, 1030), (130, 200, 515), (70, 1536, 70)]
-GRAD_PANEL_SHAPES = [(258, 256, 515), (1030, 45, 526), (1030, 260, 526), (130, 260, 70)]
+GRAD_PANEL_SHAPES = [(258, 256, 515), (1030, 45, 526), (1030, 260, 526), (130, 260, 70),
+                     (32, 1024, 70), (64, 260, 258)]
 
 
 @pytest.mark.parametrize("act", ELEMENTWISE)
@@ -586,10 +590,11 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
     if act != "identity":
         return  # the gradient has no activation: once per dtype
     for B, n_in, n_out in GRAD_PANEL_SHAPES:
-        # (not the narrow middle shape, whose input rows are under 1 KiB: the 4-row tiles,
-        # checked all the same)
-        assert use_grad_panels(B, n_out, n_in * np.dtype(dtype).itemsize) == (
-            n_in > 45 and vector_bits() >= 256)
+        # (not the narrow shape, whose input rows are under 1 KiB, nor, at 512 bits, 64
+        # samples: the 4-row tiles, checked all the same)
+        item = np.dtype(dtype).itemsize
+        assert use_grad_panels(B, n_out, n_in * item, item) == (
+            n_in > 45 and (vector_bits() == 256 or vector_bits() == 512 and B != 64))
         X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
         d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
         W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)

@@ -77,13 +77,17 @@ PANEL_ALIASED_MIN_TERMS = 64
 GRAD_PANEL_MIN_SAMPLES = 128
 GRAD_PANEL_MIN_ROWS = 64
 GRAD_PANEL_MIN_BYTES = 1024
+GRAD_PANEL_ALIASED_SAMPLES = 32
+GRAD_PANEL_WIDE_SAMPLES = 64
+GRAD_PANEL_WIDE_ROW_BYTES = 1024
 # ``dense_forward`` takes packed panels of ``W`` transposed (``forward_task``) from
 # ``FORWARD_PANEL_MIN_SAMPLES`` samples and ``FORWARD_PANEL_MIN_UNITS`` units: the copy of a
 # strip costs about as much as a few samples' sums over it. docs/performance.md, "Forward
 # panels".
 FORWARD_PANEL_MIN_SAMPLES = 96
 FORWARD_PANEL_MIN_UNITS = 32
-PANEL_BYTES = panel_vectors() * vector_bits() // 8
+VECTOR_BITS = vector_bits()
+PANEL_BYTES = panel_vectors() * VECTOR_BITS // 8
 # ``pack_transposed``'s squares: a vector's lanes a side (``simd.transpose_block``)
 SQUARE_BYTES = vector_bits() // 8
 PANEL_GROUPS = 2
@@ -494,16 +498,28 @@ def use_panels(n_samples, n_terms, row_bytes):
 
 
 @jit()
-def use_grad_panels(n_samples, n_rows, row_bytes):
+def use_grad_panels(n_samples, n_rows, row_bytes, item_bytes):
     """Whether ``dense_grad`` takes the packed panels: ``n_samples`` terms per sum, read again
-    for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` long. In place, the
-    input's strip streams from L2 for every 4 rows (and rows a multiple of 1 KiB apart share a
-    few cache sets); packed, it streams in order. From ``GRAD_PANEL_MIN_SAMPLES`` samples,
-    ``GRAD_PANEL_MIN_ROWS`` rows and ``GRAD_PANEL_MIN_BYTES`` per input row, at 256 and 512
-    bits (not with 128-bit vectors: not measured). docs/performance.md, "Packed panels" and
-    "Panel copies"."""
-    return (PANEL_BYTES >= 64 and n_rows >= GRAD_PANEL_MIN_ROWS
-            and n_samples >= GRAD_PANEL_MIN_SAMPLES and row_bytes >= GRAD_PANEL_MIN_BYTES)
+    for each of ``n_rows`` rows of ``dW``, from input rows ``row_bytes`` long (elements of
+    ``item_bytes``). In place, the input's strip streams from L2 for every 4 rows; packed, it
+    streams in order. With ``GRAD_PANEL_MIN_ROWS`` rows and ``GRAD_PANEL_MIN_BYTES`` per input
+    row, at 256 and 512 bits (not with 128-bit vectors: not measured), from:
+
+    * ``GRAD_PANEL_MIN_SAMPLES`` samples;
+    * ``GRAD_PANEL_ALIASED_SAMPLES`` when input rows are a multiple of 4 KiB apart (one strip
+      then falls in one L1 cache set and evicts itself: the tiles ran at a third to a half);
+    * ``GRAD_PANEL_WIDE_SAMPLES`` when ``dW``'s rows (the coefficients per sample) take
+      ``GRAD_PANEL_WIDE_ROW_BYTES``, at 256 bits only (where the float64 tiles run short of
+      registers; not measured at 512).
+
+    docs/performance.md, "Packed panels", "Panel copies", "Gradient panels below 128 samples".
+    """
+    if PANEL_BYTES < 64 or n_rows < GRAD_PANEL_MIN_ROWS or row_bytes < GRAD_PANEL_MIN_BYTES:
+        return False
+    return (n_samples >= GRAD_PANEL_MIN_SAMPLES
+            or (n_samples >= GRAD_PANEL_ALIASED_SAMPLES and row_bytes % 4096 == 0)
+            or (VECTOR_BITS < 512 and n_samples >= GRAD_PANEL_WIDE_SAMPLES
+                and n_rows * item_bytes >= GRAD_PANEL_WIDE_ROW_BYTES))
 
 
 @jit()
@@ -848,7 +864,8 @@ def dense_grad(dweight, dbias, dout, inp, scale, accumulate=False):
     B = dout.shape[0]
     n_in = inp.shape[1]
     n_out = dweight.shape[0]
-    if use_grad_panels(B, n_out, n_in * inp.itemsize) and packable(dweight, dout, inp):
+    if (use_grad_panels(B, n_out, n_in * inp.itemsize, inp.itemsize)
+            and packable(dweight, dout, inp)):
         nr = PANEL_BYTES // inp.itemsize
         n6 = panel_blocks(n_out)
         # each block's 6 coefficients per sample side by side: read in place, dout's rows are
