@@ -60,20 +60,22 @@ FORWARD_CHUNK_MAX = 128
 PREFETCH_BLOCKS = 4
 # Packed panels (``simd.delta_panel``, ``simd.grad_panel``): from ``PANEL_MIN_SAMPLES``
 # samples, ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``) and
-# ``PANEL_MIN_PRODUCT`` samples x terms, or ``PANEL_ALIASED_MIN_TERMS`` terms for rows of ``W``
-# a multiple of 2 KiB apart (``use_panels``); ``GRAD_PANEL_*`` for ``dense_grad`` (samples,
-# rows of ``dW``, bytes per input row). ``dense_backward`` and ``dense_grad`` copy the
+# ``PANEL_MIN_PRODUCT`` samples x terms, or ``PANEL_ALIASED_MIN_*`` samples and terms for rows
+# of ``W`` a multiple of 2 KiB apart (``use_panels``); ``GRAD_PANEL_*`` for ``dense_grad``
+# (``use_grad_panels``: samples, rows of ``dW``, bytes per input row). ``dense_backward`` and ``dense_grad`` copy the
 # strip of the source they read (``W``'s columns, the input's columns) into a contiguous panel
 # ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
 # 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
 # A strip is one task, packed once; when the strips do not share out evenly between 2 threads,
 # the last one is split into ``PANEL_GROUPS`` tasks (each packs its own copy), one for each
 # thread (``panel_groups``, ``panel_task``). Measurements: docs/performance.md, "Packed panels",
-# "Gradient copies" and "Panel copies" (where the prefetched copy moved the gradient's bound).
+# "Gradient copies", "Panel copies" (where the prefetched copy moved the gradient's bound) and
+# "Gradient panels below 128 samples".
 PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 256
 PANEL_MIN_PRODUCT = 32768
 PANEL_ALIASED_MIN_TERMS = 64
+PANEL_ALIASED_MIN_SAMPLES = 40
 GRAD_PANEL_MIN_SAMPLES = 128
 GRAD_PANEL_MIN_ROWS = 64
 GRAD_PANEL_MIN_BYTES = 1024
@@ -485,13 +487,15 @@ def use_panels(n_samples, n_terms, row_bytes):
     """Whether ``dense_backward`` takes the packed panels: ``n_samples`` sums of ``n_terms``
     terms each, over rows of ``W`` ``row_bytes`` long. From ``PANEL_MIN_SAMPLES`` samples,
     ``PANEL_MIN_TERMS`` terms and ``PANEL_MIN_PRODUCT`` samples x terms; from
-    ``PANEL_ALIASED_MIN_TERMS`` terms (and any product) when ``W``'s rows are a
-    multiple of 2 KiB apart and at least 4 KiB (in place, the 4-sample tiles then read lines
-    that fall in a few cache sets: 2 to 2.7 times slower than the panels at 1024 and 2048
-    columns)."""
-    if n_samples < PANEL_MIN_SAMPLES:
+    ``PANEL_ALIASED_MIN_SAMPLES`` samples and ``PANEL_ALIASED_MIN_TERMS`` terms (and any
+    product) when ``W``'s rows are a multiple of 2 KiB apart and at least 4 KiB (in place, the
+    4-sample tiles then read lines that fall in a few cache sets: 1.4 to 2.7 times slower than
+    the panels at 1024 to 2048 columns; docs/performance.md, "Panel copies", "Gradient panels
+    below 128 samples")."""
+    if n_samples < PANEL_ALIASED_MIN_SAMPLES:
         return False
-    if n_terms >= PANEL_MIN_TERMS and n_samples * n_terms >= PANEL_MIN_PRODUCT:
+    if (n_samples >= PANEL_MIN_SAMPLES and n_terms >= PANEL_MIN_TERMS
+            and n_samples * n_terms >= PANEL_MIN_PRODUCT):
         return True
     return (n_terms >= PANEL_ALIASED_MIN_TERMS and row_bytes >= 4096
             and row_bytes % 2048 == 0)
