@@ -513,8 +513,8 @@ def use_grad_panels(n_samples, n_rows, row_bytes, item_bytes):
     * ``GRAD_PANEL_ALIASED_SAMPLES`` when input rows are a multiple of 4 KiB apart (one strip
       then falls in one L1 cache set and evicts itself: the tiles ran at a third to a half);
     * ``GRAD_PANEL_WIDE_SAMPLES`` when ``dW``'s rows (the coefficients per sample) take
-      ``GRAD_PANEL_WIDE_ROW_BYTES``, at 256 bits only (where the float64 tiles run short of
-      registers; not measured at 512).
+      ``GRAD_PANEL_WIDE_ROW_BYTES``: 256 float32 rows, 128 float64 (float64 gained from
+      fewer rows), at 256 bits only (not measured at 512, where the tiles are 4 vectors wide).
 
     docs/performance.md, "Packed panels", "Panel copies", "Gradient panels below 128 samples".
     """
