@@ -90,15 +90,18 @@ def test_hogwild_with_one_thread_is_the_ordinary_per_sample_path():
 
 
 # (sizes, activations, loss, batch, N, shuffled): ragged last batches, gathered batches, 1 to 3
-# layers
+# layers; input rows a multiple of 4 KiB long (copied into padded rows: network.padded_batch),
+# with a batch and a layer that no tile divides
 DEFERRED_CASES = [
     ((300, 64, 5), ("sigmoid", "sigmoid"), "mse", 16, 100, True),
     ((129, 33, 17, 4), ("relu", "tanh", "softmax"), "cross_entropy", 8, 45, False),
     ((257, 7), ("sigmoid",), "bce", 32, 70, True),
+    ((1024, 30, 3), ("tanh", "sigmoid"), "mse", 7, 40, True),
 ]
 
 
-@pytest.mark.parametrize("case", DEFERRED_CASES, ids=["2-layer", "3-layer", "1-layer"])
+@pytest.mark.parametrize("case", DEFERRED_CASES,
+                         ids=["2-layer", "3-layer", "1-layer", "4KiB-rows"])
 def test_deferred_first_layer_step_equals_the_plain_epoch_bitwise(case, dtype):
     """``train_epoch_deferred`` runs each batch's steps on the first two layers inside the next
     batch's first-layer region, split into ``n_tasks`` tasks, reading the batches' rows of X in
@@ -185,12 +188,14 @@ def test_consecutive_batches():
         assert knet.batches_are_slices(order, b) == knet.consecutive_batches(order, b), (order, b)
 
 
+@pytest.mark.parametrize("n_in", [300, 1024])
 @pytest.mark.parametrize("kind", ["runs", "one-swap"])
-def test_deferred_epoch_on_permuted_runs_equals_the_plain_loop(kind, dtype):
+def test_deferred_epoch_on_permuted_runs_equals_the_plain_loop(kind, n_in, dtype):
     """Batches that are runs in a shuffled order of batches (read as slices of X), and the same
     order with one pair of samples swapped (every batch then read through its row indices),
-    give the plain loop's weights bit for bit."""
-    sizes, B, N = (300, 64, 5), 16, 96
+    give the plain loop's weights bit for bit; so do batches copied into padded rows (1024
+    inputs: rows a multiple of 4 KiB long)."""
+    sizes, B, N = (n_in, 64, 5), 16, 96
     rng = np.random.default_rng(2)
     X = rng.uniform(-1, 1, (N, sizes[0])).astype(dtype)
     Y = rng.uniform(0.05, 0.95, (N, sizes[-1])).astype(dtype)

@@ -151,8 +151,8 @@ def _tile_sums(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
 @jit(noalias=True)
 def tile_loops(out, b, weight, i0, inp, q0, q1, q2, q3, bias):
     """``tile_sums`` as numba loops, for any layout: 8 loads feed 16 multiply-adds, and the
-    compiler closes each of the 16 sums on its own."""
-    n_in = inp.shape[1]
+    compiler closes each of the 16 sums on its own (over ``weight``'s columns)."""
+    n_in = weight.shape[1]
     w0 = weight[i0]
     w1 = weight[i0 + 1]
     w2 = weight[i0 + 2]
@@ -230,8 +230,9 @@ def forward_rows4(out, inp, weight, bias, i0, rows, b0, b1):
     sum_j W_ij inp_bj + b_i`` for the samples ``b0 <= b < b1`` (sample ``b`` is the row
     ``row_of(rows, b)`` of ``inp``). 4 (units) x 4 (samples) register tiles (``tile_sums``); a
     last 1 to 3 samples take 4 units x 1 sample. A sample's sums do not depend on the range it
-    is in (``b0`` a multiple of 4: the same samples take the tiles)."""
-    n_in = inp.shape[1]
+    is in (``b0`` a multiple of 4: the same samples take the tiles). ``inp`` may have more
+    columns than ``weight`` (a padded copy): the sums take ``weight``'s."""
+    n_in = weight.shape[1]
     b = b0
     while b + 4 <= b1:
         tile_sums(out, b, weight, i0, inp, row_of(rows, b), row_of(rows, b + 1),
@@ -263,8 +264,8 @@ def forward_rows4(out, inp, weight, bias, i0, rows, b0, b1):
 @jit(noalias=True)
 def forward_row(out, inp, weight, bias, i, rows, b0, b1):
     """Unit ``i`` of ``dense_forward``'s sums, for the last 1 to 3 units: 1 unit x 4 samples at
-    a time, 4 independent sums (samples as in ``forward_rows4``)."""
-    n_in = inp.shape[1]
+    a time, 4 independent sums (samples and columns as in ``forward_rows4``)."""
+    n_in = weight.shape[1]
     w = weight[i]
     c = bias[i]
     b = b0
@@ -1156,7 +1157,7 @@ def deferred_sweep(out, dprev, inp, rows, inp_prev, rows_prev, a_prev, d_next, w
             k = t - t0
             if k < k_first:
                 for r in range(B * k // k_first, B * (k + 1) // k_first):
-                    prefetch_row(inp, row_of(rows, r), 0, inp.shape[1])
+                    prefetch_row(inp, row_of(rows, r), 0, n_in)
                 if k == k_first - 1:
                     for t_ in range(t0, t + 1):
                         forward_units(out, inp, weight, bias, t_, rows, 0, B)

@@ -40,6 +40,9 @@ SERIAL_ONLY = np.iinfo(np.int64).max
 # 0.95, 96 0.97, 128 0.99, 256 1.02; float64 batch 17 1.01, 32 1.11, 64 1.15. Float32 batch 96
 # and float64 batch 32 take the same bytes, so the rule stays where it was.
 DEFER_MAX_BYTES = 640 << 10
+# ``deferred_epoch`` copies batches whose rows are a multiple of 4 KiB long into rows this
+# much longer (one cache line)
+PAD_BYTES = 64
 
 # A mini-batch layer kernel needs BATCH_FACTOR times that much work: its threads split the
 # layer into 4-row blocks, and a narrow layer has too few of them to pay for the pool (on
@@ -393,6 +396,40 @@ def _batch_input(X, order, start, B, by_rows):
     return lambda X, order, start, B, by_rows: (X, by_rows[start:start + B])
 
 
+def padded_batch(buf, X, order, start, B, by_rows, ident):
+    """``batch_input``'s batch copied into the rows of ``buf`` (B' >= B, n_in + pad), which are
+    longer than ``X``'s by a cache line: the batch, of the same types, as ``(buf[:B], None)``
+    or ``(buf, ident[:B])`` (``ident`` = 0, 1, ...). Chosen when compiling, as
+    ``batch_input``."""
+    if by_rows is None:
+        return buf[:B], None
+    return buf, ident[:B]
+
+
+@jit()
+def copy_rows(buf, X, order, start, B):
+    """``buf[k, :n] = X[order[start + k]]`` for ``k < B`` (``n`` = ``X``'s columns)."""
+    n = X.shape[1]
+    for k in range(B):
+        i = order[start + k]
+        for j in range(n):
+            buf[k, j] = X[i, j]
+
+
+@overload(padded_batch)
+def _padded_batch(buf, X, order, start, B, by_rows, ident):
+    if isinstance(by_rows, types.NoneType):
+        def in_rows(buf, X, order, start, B, by_rows, ident):
+            copy_rows(buf, X, order, start, B)
+            return buf[:B], None
+        return in_rows
+
+    def by_index(buf, X, order, start, B, by_rows, ident):
+        copy_rows(buf, X, order, start, B)
+        return buf, ident[:B]
+    return by_index
+
+
 @jit()
 def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts, deltas,
                    min_par, n_tasks, by_rows, total):
@@ -419,9 +456,19 @@ def deferred_epoch(params, X, Y, order, batch_size, lr, layout, loss, ybuf, acts
     d0_prev = layer_rows(deltas, layout, 0, 0)
     d1_prev = deltas[:0].reshape((0, m))
     step_prev = params.dtype.type(0.0)
+    # Input rows a multiple of 4 KiB apart put a column of every row of a batch in one L1
+    # cache set, and the region reads a strip of each row for every 4-row block of W_0: such
+    # batches are copied into rows a cache line longer (docs/performance.md, "Deferred region
+    # over rows 4 KiB apart").
+    pad = PAD_BYTES // X.itemsize if X.shape[1] * X.itemsize % 4096 == 0 else 0
+    xpad = np.empty((2 if pad > 0 else 0, batch_size, X.shape[1] + pad), dtype=X.dtype)
+    ident = np.arange(batch_size if pad > 0 else 0)
     for k, start in enumerate(range(0, N, batch_size)):
         B = min(batch_size, N - start)
-        inp, rows = batch_input(X, order, start, B, by_rows)
+        if pad > 0:
+            inp, rows = padded_batch(xpad[k % 2], X, order, start, B, by_rows, ident)
+        else:
+            inp, rows = batch_input(X, order, start, B, by_rows)
         y = ybuf[:B * n_y].reshape((B, n_y))
         gather_rows(y, Y, order, start)
         a = acts[(k % 2) * batch_size * S:(k % 2) * batch_size * S + B * n1].reshape((B, n1))
