@@ -62,15 +62,15 @@ PREFETCH_BLOCKS = 4
 # samples, ``PANEL_MIN_TERMS`` terms per sum (``W``'s rows in ``dense_backward``) and
 # ``PANEL_MIN_PRODUCT`` samples x terms, or ``PANEL_ALIASED_MIN_*`` samples and terms for rows
 # of ``W`` a multiple of 2 KiB apart (``use_panels``); ``GRAD_PANEL_*`` for ``dense_grad``
-# (``use_grad_panels``: samples, rows of ``dW``, bytes per input row). ``dense_backward`` and ``dense_grad`` copy the
-# strip of the source they read (``W``'s columns, the input's columns) into a contiguous panel
-# ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then read again by every
-# 6-row block. Below that the copy costs more than it saves (and short strips stay in cache).
-# A strip is one task, packed once; when the strips do not share out evenly between 2 threads,
-# the last one is split into ``PANEL_GROUPS`` tasks (each packs its own copy), one for each
-# thread (``panel_groups``, ``panel_task``). Measurements: docs/performance.md, "Packed panels",
-# "Gradient copies", "Panel copies" (where the prefetched copy moved the gradient's bound) and
-# "Gradient panels below 128 samples".
+# (``use_grad_panels``: samples, rows of ``dW``, bytes per input row). ``dense_backward`` and
+# ``dense_grad`` copy the strip of the source they read (``W``'s columns, the input's columns)
+# into a contiguous panel ``PANEL_BYTES`` wide and take 6-row tiles over it; the copy is then
+# read again by every 6-row block. Below that the copy costs more than it saves (and short
+# strips stay in cache). A strip is one task, packed once; when the strips do not share out
+# evenly between 2 threads, the last one is split into ``PANEL_GROUPS`` tasks (each packs its
+# own copy), one for each thread (``panel_groups``, ``panel_task``). Measurements:
+# docs/performance.md, "Packed panels", "Gradient copies", "Panel copies" (where the prefetched
+# copy moved the gradient's bound) and "Gradient panels below 128 samples".
 PANEL_MIN_SAMPLES = 64
 PANEL_MIN_TERMS = 256
 PANEL_MIN_PRODUCT = 32768
