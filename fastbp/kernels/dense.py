@@ -80,6 +80,7 @@ GRAD_PANEL_MIN_SAMPLES = 128
 GRAD_PANEL_MIN_ROWS = 64
 GRAD_PANEL_MIN_BYTES = 1024
 GRAD_PANEL_ALIASED_SAMPLES = 32
+GRAD_PANEL_ALIASED_PRODUCT = 8192
 GRAD_PANEL_WIDE_SAMPLES = 64
 GRAD_PANEL_WIDE_ROW_BYTES = 1024
 # ``dense_forward`` takes packed panels of ``W`` transposed (``forward_task``) from
@@ -511,8 +512,10 @@ def use_grad_panels(n_samples, n_rows, row_bytes, item_bytes):
     row, at 256 and 512 bits (not with 128-bit vectors: not measured), from:
 
     * ``GRAD_PANEL_MIN_SAMPLES`` samples;
-    * ``GRAD_PANEL_ALIASED_SAMPLES`` when input rows are a multiple of 4 KiB apart (one strip
-      then falls in one L1 cache set and evicts itself: the tiles ran at a third to a half);
+    * ``GRAD_PANEL_ALIASED_SAMPLES`` and ``GRAD_PANEL_ALIASED_PRODUCT`` samples x rows when
+      input rows are a multiple of 4 KiB apart (one strip then falls in one L1 cache set and
+      evicts itself: the tiles ran at a third to a half; below that product the call is too
+      short for the panels' extra threaded loop and scratch, in training);
     * ``GRAD_PANEL_WIDE_SAMPLES`` when ``dW``'s rows (the coefficients per sample) take
       ``GRAD_PANEL_WIDE_ROW_BYTES``: 256 float32 rows, 128 float64 (float64 gained from
       fewer rows), at 256 bits only (not measured at 512, where the tiles are 4 vectors wide).
@@ -522,7 +525,8 @@ def use_grad_panels(n_samples, n_rows, row_bytes, item_bytes):
     if PANEL_BYTES < 64 or n_rows < GRAD_PANEL_MIN_ROWS or row_bytes < GRAD_PANEL_MIN_BYTES:
         return False
     return (n_samples >= GRAD_PANEL_MIN_SAMPLES
-            or (n_samples >= GRAD_PANEL_ALIASED_SAMPLES and row_bytes % 4096 == 0)
+            or (n_samples >= GRAD_PANEL_ALIASED_SAMPLES and row_bytes % 4096 == 0
+                and n_samples * n_rows >= GRAD_PANEL_ALIASED_PRODUCT)
             or (VECTOR_BITS < 512 and n_samples >= GRAD_PANEL_WIDE_SAMPLES
                 and n_rows * item_bytes >= GRAD_PANEL_WIDE_ROW_BYTES))
 
