@@ -92,7 +92,7 @@ FORWARD_PANEL_MIN_UNITS = 32
 VECTOR_BITS = vector_bits()
 PANEL_BYTES = panel_vectors() * VECTOR_BITS // 8
 # ``pack_transposed``'s squares: a vector's lanes a side (``simd.transpose_block``)
-SQUARE_BYTES = vector_bits() // 8
+SQUARE_BYTES = VECTOR_BITS // 8
 PANEL_GROUPS = 2
 # ``dense_grad``'s coefficients are packed in pieces of this many samples (one task each)
 COEF_PIECE = 128

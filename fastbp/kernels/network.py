@@ -215,11 +215,12 @@ def batch_rows(X, Y, order, start, B, xbuf, ybuf):
 
 @jit(noalias=True)
 def gather_rows(dst, src, order, start):
-    """``dst[k] = src[order[start + k]]`` for every row ``k`` of ``dst`` (dst (B, n) must not
-    overlap src (N, n)). Element loops: numba compiles them to a vectorized copy, where a
-    row-slice assignment ``dst[k] = src[i]`` took twice as long (32 shuffled rows of 784
-    float32 from a 100 MB array: 11.0 against 21.6 us)."""
-    n = dst.shape[1]
+    """``dst[k, :n] = src[order[start + k]]`` for every row ``k`` of ``dst`` (dst (B, >= n)
+    must not overlap src (N, n); a padded batch has longer rows). Element loops: numba
+    compiles them to a vectorized copy, where a row-slice assignment ``dst[k] = src[i]`` took
+    twice as long (32 shuffled rows of 784 float32 from a 100 MB array: 11.0 against 21.6
+    us)."""
+    n = src.shape[1]
     for k in range(dst.shape[0]):
         i = order[start + k]
         for j in range(n):
@@ -406,26 +407,16 @@ def padded_batch(buf, X, order, start, B, by_rows, ident):
     return buf, ident[:B]
 
 
-@jit()
-def copy_rows(buf, X, order, start, B):
-    """``buf[k, :n] = X[order[start + k]]`` for ``k < B`` (``n`` = ``X``'s columns)."""
-    n = X.shape[1]
-    for k in range(B):
-        i = order[start + k]
-        for j in range(n):
-            buf[k, j] = X[i, j]
-
-
 @overload(padded_batch)
 def _padded_batch(buf, X, order, start, B, by_rows, ident):
     if isinstance(by_rows, types.NoneType):
         def in_rows(buf, X, order, start, B, by_rows, ident):
-            copy_rows(buf, X, order, start, B)
+            gather_rows(buf[:B], X, order, start)
             return buf[:B], None
         return in_rows
 
     def by_index(buf, X, order, start, B, by_rows, ident):
-        copy_rows(buf, X, order, start, B)
+        gather_rows(buf[:B], X, order, start)
         return buf, ident[:B]
     return by_index
 
