@@ -541,6 +541,24 @@ def test_large_batches_split_by_samples_and_column_strips(dtype, rng):
         assert_within(W_want, ref_W, tol_W, f"grad {np.dtype(dtype).name} B={B}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_narrow_layers_split_by_samples(dtype, rng):
+    """Fewer than 32 units from 64 samples: ``dense_forward`` gives its threads chunks of
+    samples (a batch far below 512 kB). Bit for bit the blocks of units over the whole batch,
+    in both twins; samples past the last whole chunk, a last 1 to 3 units, and 31 units (the
+    bound) included."""
+    for B, n_in, n_out in [(64, 50, 10), (130, 37, 3), (97, 200, 31), (257, 128, 1)]:
+        X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
+        W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
+        b = rng.uniform(-1, 1, n_out).astype(dtype)
+        want = nan_filled((B, n_out), dtype)
+        _forward_by_blocks(want, X, W, b)
+        for kernel in (K.dense_forward, K.dense_forward_serial):
+            out = nan_filled((B, n_out), dtype)
+            kernel(out, X, W, b, K.IDENTITY)
+            assert np.array_equal(out, want), (np.dtype(dtype).name, B, n_in, n_out)
+
+
 # ---- packed panels: dense_backward and dense_grad on large layers ----------------------------
 # (B, n_in, n_out): shapes that take the packed panels (``dense.use_panels``,
 # ``dense.use_grad_panels``), with panel strips that do not divide the columns (the panel is 64

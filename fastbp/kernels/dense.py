@@ -52,6 +52,11 @@ FORWARD_CHUNK = 32
 # 1024: 3 to 9 % faster with 64 than with 32, 1 to 7 % more with 128 (docs/performance.md,
 # "Packed panels").
 FORWARD_CHUNK_MAX = 128
+# ... and for a layer of fewer than ``FORWARD_NARROW_UNITS`` units on at least 2 chunks of
+# samples: its few 4-unit blocks (3 for 10 units, the last 2 units in scalar sums) do not share
+# evenly between threads. 1.08 to 1.18 times as fast at 10 to 20 units (docs/performance.md,
+# "Narrow output layers").
+FORWARD_NARROW_UNITS = 32
 # ``deferred_sweep``: while a task applies the step to its first this many 4-row blocks, it
 # prefetches the new batch into L2, and it takes their sums after. On 784-128-10, batch 32,
 # float32, 2 threads, in-order data, epoch time over the one-layer sweep that came before
@@ -330,7 +335,8 @@ def dense_forward(out, inp, weight, bias, act):
     ``forward_row``) over the whole batch; when the batch of inputs is larger than
     ``FORWARD_SAMPLES_BYTES``, whole chunks of samples (``forward_chunk``) over every unit
     instead, so that each input row is read from memory once (a block would read the whole
-    batch again). With ``use_forward_panels`` (C-contiguous arrays), a task owns a strip of
+    batch again), and so too for fewer than ``FORWARD_NARROW_UNITS`` units (too few blocks to
+    share) on at least two chunks. With ``use_forward_panels`` (C-contiguous arrays), a task owns a strip of
     units over the whole batch, or over a share of its samples, instead (``forward_task``:
     ``W``'s rows copied transposed into a packed panel, 6-sample tiles over it). A sample's sums do not depend on the split or on the
     thread count; on the panel path they do not depend on where the sample is in the batch
@@ -341,7 +347,9 @@ def dense_forward(out, inp, weight, bias, act):
     B = inp.shape[0]
     n_out = weight.shape[0]
     panels = use_forward_panels(B, n_out) and packable(out, inp, weight)
-    chunk = forward_chunk(B) if B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES else 0
+    chunk = (forward_chunk(B) if (B * inp.shape[1] * inp.itemsize > FORWARD_SAMPLES_BYTES
+                                  or (n_out < FORWARD_NARROW_UNITS and B >= 2 * FORWARD_CHUNK))
+             else 0)
     nr = PANEL_BYTES // weight.itemsize
     n_strips = (n_out + nr - 1) // nr
     groups = panel_groups(n_strips)
