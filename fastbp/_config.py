@@ -105,7 +105,19 @@ def _top_level(body):
 
 def _fastbp_imports(name):
     """The fastbp modules that the fastbp module ``name`` imports by relative name, at its top
-    level."""
+    level. Each module is parsed once per process: every module's digest walks the modules it
+    imports, and parsing them again for each one took half of ``import fastbp``
+    (docs/performance.md, "Compile cache and start-up")."""
+    if name not in _imports:
+        _imports[name] = _parse_imports(name)
+    return _imports[name]
+
+
+_imports = {}
+
+
+def _parse_imports(name):
+    """``_fastbp_imports`` of ``name``, read from its source."""
     path = _module_file(name)
     package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
     with open(path, "rb") as fh:
