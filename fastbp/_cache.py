@@ -79,14 +79,14 @@ def _callees(dispatcher):
     """The fastbp kernels a kernel's code names: globals, and attributes of global modules."""
     func = dispatcher.py_func
     names = func.__code__.co_names
+    kernels = {id(d) for d in _config.DISPATCHERS}
     found = []
     for name in names:
         value = func.__globals__.get(name)
         candidates = [value]
         if isinstance(value, types.ModuleType):
             candidates = [getattr(value, n, None) for n in names]
-        found.extend(c for c in candidates
-                     if any(c is d for d in _config.DISPATCHERS) and c is not dispatcher)
+        found.extend(c for c in candidates if id(c) in kernels and c is not dispatcher)
     return found
 
 
