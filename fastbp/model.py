@@ -19,6 +19,7 @@ from ._threads import get_num_threads, kernel_scope
 from .callbacks import EarlyStopping, History, make_callbacks
 from .kernels import network as knet
 from .kernels.activations import ACTIVATIONS, RELU, SIGMOID
+from .kernels.layout import make_layout
 from .kernels.losses import BCE, CROSS_ENTROPY, LOSSES, loss_sum
 from .training import CACHE_LINE, PREDICT_CHUNK, aligned_zeros, train
 
@@ -173,7 +174,7 @@ class MLP:
         n_params = sum(a * b + b for a, b in pairs)  # Python ints: no overflow
         V.check_memory(n_params * self.dtype.itemsize + max(a * b for a, b in pairs) * 8,
                        f"MLP({sizes}) with {n_params:,} {self.dtype.name} parameters")
-        self._layout, n_params = knet.make_layout(sizes, codes)
+        self._layout, n_params = make_layout(sizes, codes)
         self._loss_code = LOSSES[loss]
         self._rng = np.random.default_rng(seed)
         self._guard = _TrainingGuard()

@@ -11,7 +11,7 @@ import pytest
 import fastbp
 from fastbp import _validation as V
 from fastbp import optim
-from fastbp.kernels import ACTIVATIONS, BCE, CROSS_ENTROPY, IDENTITY, MSE, SIGMOID, SOFTMAX, TANH
+from fastbp.kernels import BCE, CROSS_ENTROPY, IDENTITY, MSE, SIGMOID, SOFTMAX, TANH
 from fastbp.kernels import checked as C
 from fastbp.kernels import network as knet
 from fastbp.kernels import train as ktrain

@@ -47,7 +47,7 @@ class _DenseLayerBase(Benchmark):
     forward = backward = grad = None     # the kernels, set by the subclasses
 
     def _setup(self, width, batch, dtype):
-        b = self.b = _dense_buffers(width, batch, dtype)
+        self.b = _dense_buffers(width, batch, dtype)
         # First calls compile (or load) the kernels for this dtype.
         self.time_forward()
         self.time_backward()

@@ -11,8 +11,7 @@ from .._config import jit
 from .dense import (deferred_sweep, dense_backward, dense_backward_serial, dense_forward,
                     dense_forward_serial, dense_grad, dense_grad_serial, use_forward_panels)
 from .fused import sgd_per_sample
-from .layout import (ACT, B_OFF, N_IN, N_OUT, W_OFF, layer_params, layer_rows, make_layout,
-                     workspace_size)
+from .layout import ACT, N_OUT, layer_params, layer_rows, workspace_size
 from .losses import loss_sum, output_delta
 
 # Below this many multiply-adds a layer kernel runs on the calling thread: waking the thread
