@@ -336,13 +336,13 @@ def dense_forward(out, inp, weight, bias, act):
     ``FORWARD_SAMPLES_BYTES``, whole chunks of samples (``forward_chunk``) over every unit
     instead, so that each input row is read from memory once (a block would read the whole
     batch again), and so too for fewer than ``FORWARD_NARROW_UNITS`` units (too few blocks to
-    share) on at least two chunks. With ``use_forward_panels`` (C-contiguous arrays), a task owns a strip of
-    units over the whole batch, or over a share of its samples, instead (``forward_task``:
-    ``W``'s rows copied transposed into a packed panel, 6-sample tiles over it). A sample's sums do not depend on the split or on the
-    thread count; on the panel path they do not depend on where the sample is in the batch
-    either, but they are not bitwise those of the tiles of smaller batches (the tiles sum
-    along a vector of inputs and close the lanes at the end; the panels sum one input at a
-    time, in order).
+    share) on at least two chunks. With ``use_forward_panels`` (C-contiguous arrays), a task
+    owns a strip of units over the whole batch, or over a share of its samples, instead
+    (``forward_task``: ``W``'s rows copied transposed into a packed panel, 6-sample tiles over
+    it). A sample's sums do not depend on the split or on the thread count; on the panel path
+    they do not depend on where the sample is in the batch either, but they are not bitwise
+    those of the tiles of smaller batches (the tiles sum along a vector of inputs and close the
+    lanes at the end; the panels sum one input at a time, in order).
     """
     B = inp.shape[0]
     n_out = weight.shape[0]
