@@ -45,6 +45,21 @@ from .model import aligned_zeros
 # at most this many activations (and as many deltas) per chunk, a bounded workspace.
 LBFGS_CHUNK_VALUES = 1 << 22
 
+# The module scikit-learn's MLPs warn from. fastbp's warnings name it as theirs (the file and
+# line stay fastbp's), so that filters written for scikit-learn's (``filterwarnings("ignore",
+# category=ConvergenceWarning, module="sklearn")``, as in its own examples) apply unchanged.
+SKLEARN_MODULE = "sklearn.neural_network._multilayer_perceptron"
+
+
+def warn(message, category=UserWarning):
+    """``warnings.warn(message, category)`` from the caller's line, as from ``SKLEARN_MODULE``
+    (shown once per line under the default filters, as ``warnings.warn``)."""
+    frame = sys._getframe(1)
+    warnings.warn_explicit(message, category, frame.f_code.co_filename, frame.f_lineno,
+                           module=SKLEARN_MODULE,
+                           registry=frame.f_globals.setdefault("__warningregistry__", {}),
+                           module_globals=frame.f_globals)
+
 
 def as_kernel_array(a, dtype):
     """``a`` as a C-contiguous, aligned, writable array of ``dtype`` (a copy only when needed):
@@ -285,7 +300,7 @@ def fit_stochastic(est, X, Y, sw, incremental):
                 if _end_epoch(est, opt, val, accumulated / n, n, incremental):
                     break
     except KeyboardInterrupt:
-        warnings.warn("Training interrupted by user.")
+        warn("Training interrupted by user.")
     if est.early_stopping:
         net._params[...] = est._best_params
 
@@ -312,8 +327,8 @@ def _batch_size(est, n_samples):
     if est.batch_size == "auto":
         return min(200, n_samples)
     if est.batch_size > n_samples:
-        warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to "
-                      "be clipped")
+        warn("Got `batch_size` less than 1 or larger than sample size. It is going to be "
+             "clipped")
     return int(np.clip(est.batch_size, 1, n_samples))
 
 
@@ -370,8 +385,8 @@ def _end_epoch(est, opt, val, loss, n_samples, incremental):
     if incremental:
         return True
     if est.n_iter_ == est.max_iter:
-        warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                      "optimization hasn't converged yet." % est.max_iter, ConvergenceWarning)
+        warn("Stochastic Optimizer: Maximum iterations (%d) reached and the optimization "
+             "hasn't converged yet." % est.max_iter, ConvergenceWarning)
     return False
 
 
@@ -453,6 +468,6 @@ def fit_lbfgs(est, X, Y, sw):
                     f"(max_iter={est.max_iter}).")
         msg += ("\nYou might also want to scale the data as shown in:\n"
                 "    https://scikit-learn.org/stable/modules/preprocessing.html")
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        warn(msg, ConvergenceWarning)
     est.loss_ = np.float64(result.fun)
     params[...] = result.x

@@ -396,6 +396,26 @@ def test_batch_size_larger_than_data_warns_as_sklearn(rng):
     assert_same_fit(ours, theirs)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam", "lbfgs"])
+def test_warning_filters_for_sklearn_apply(rng, solver):
+    """A filter written for scikit-learn's warnings (by module, as in its own examples) silences
+    fastbp's too; without it they are shown, from fastbp's file."""
+    X, y = blobs(rng, N=30)
+    for mod in (skn, fastbp.sklearn):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            warnings.filterwarnings("ignore", category=ConvergenceWarning, module="sklearn")
+            warnings.filterwarnings("ignore", message="Got `batch_size`", module="sklearn")
+            mod.MLPClassifier((4,), solver=solver, batch_size=50, max_iter=1).fit(X, y)
+        assert seen == []
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            mod.MLPClassifier((4,), solver=solver, batch_size=50, max_iter=1).fit(X, y)
+        assert ConvergenceWarning in [w.category for w in seen]
+        assert (solver == "lbfgs") != any("clipped" in str(w.message) for w in seen)
+    assert {w.filename for w in seen} == {fastbp._sklearn_solvers.__file__}
+
+
 def test_column_vector_y_warns_as_sklearn(rng):
     from sklearn.exceptions import DataConversionWarning
     X, y = blobs(rng, N=30)
