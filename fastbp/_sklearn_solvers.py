@@ -112,7 +112,7 @@ class Objective:
         self.acts = aligned_zeros(max_rows * S, self.dtype)
         self.deltas = aligned_zeros(max_rows * S, self.dtype)
         self.grads = aligned_zeros(self.params.shape[0], self.dtype)
-        self.targets = np.empty((max_rows, self.n_outputs), dtype=self.dtype)
+        self.zeros = np.zeros((max_rows, self.n_outputs), dtype=self.dtype)
         self.empty = np.empty(0, dtype=self.dtype)
         # flat views of each W_l in the parameters and in the gradients
         self.weights = []
@@ -122,30 +122,37 @@ class Objective:
                                  self.grads[w_off:w_off + n_in * n_out]))
         self.scratch = np.empty(max(w.size for w, _ in self.weights), dtype=self.dtype)
 
-    def data(self, x, y, w, min_par):
+    def data(self, x, y, w, min_par, norm=None):
         """Rows ``x`` (B, n) with targets ``y`` (B, m) and weights ``w`` (B,) or None:
-        ``grads`` <- the gradient of the data term ``sum_b w_b l_b / sum_b w_b``; returns
-        that term and ``sum_b w_b``."""
+        ``grads`` <- the gradient of the data term ``sum_b w_b l_b / norm``; returns that term
+        and ``sum_b w_b``. ``norm`` is the batch's weight ``sum_b w_b`` unless given (L-BFGS's
+        chunks pass the whole data's, so that a chunk may weigh nothing)."""
         B = x.shape[0]
         out = knet.forward_batch(self.acts, x, self.params, self.layout, min_par)
         wsum = float(B) if w is None else float(w.sum(dtype=np.float64))
+        norm = wsum if norm is None else norm
+        if norm == 0.0:  # numpy's np.average's words, which scikit-learn's MLPs raise here
+            raise ZeroDivisionError("Weights sum to zero, can't be normalized")
         if self.poisson:  # the network's output is z; the mean is exp(z), the delta exp(z) - y
             mean = np.exp(out)
-            loss = float(np.average(xlogy(y, y / mean) - y + mean, weights=w, axis=0).sum())
+            terms = (xlogy(y, y / mean) - y + mean).sum(axis=1)
+            loss = float((terms if w is None else terms * w).sum()) / norm
             delta = mean - y
         else:
             loss = float(ktrain.evaluate_loss(out, y, self.empty if w is None else w,
-                                              self.code)) / wsum
+                                              self.code)) / norm
             if self.code == MSE:
                 loss /= self.n_outputs  # scikit-learn averages the squared error over outputs
-            delta = None if w is None else out - y
+            delta = None if w is None and norm == B else out - y
         if delta is None:
             targets = y
-        else:  # weighted rows: backward_batch divides by B, the gradient wants sum_b w_b
-            if w is not None:
-                delta *= (w * (B / wsum))[:, None]
-            targets = self.targets[:B]
-            np.subtract(out, delta, out=targets)
+        else:
+            # backward_batch divides the delta's sums by B, the gradient wants norm. The delta
+            # goes in as the output with zero targets (its output delta is out - y, exactly):
+            # targets out - delta would lose it where |out| >> |delta| (a diverging Poisson fit)
+            delta *= B / norm if w is None else (w * (B / norm))[:, None]
+            out[...] = delta
+            targets = self.zeros[:B]
         knet.backward_batch(self.grads, self.deltas, self.acts, x, targets, self.params,
                             self.layout, self.code, min_par)
         return loss, wsum
@@ -428,24 +435,23 @@ def fit_lbfgs(est, X, Y, sw):
     rows = Rows(X, dtype, chunk)
     objective = Objective(net, est.alpha, est.loss == "poisson", chunk)
     total = np.zeros(params.shape[0], dtype=np.float64) if chunk < X.shape[0] else None
+    weight = float(X.shape[0]) if sw is None else float(sw.sum(dtype=np.float64))
     _require_kernels(dtype)
 
     def loss_and_grad(theta, min_par):
         params[...] = theta
         if total is None:
             loss, wsum = objective.data(rows.slice(0, X.shape[0]), Y, sw, min_par)
-        else:  # chunks: their losses and gradients weighted by their share of the weight
+        else:  # chunks: their terms divided by the whole data's weight, summed
             total.fill(0.0)
-            loss = wsum = 0.0
+            loss, wsum = 0.0, weight
             for start in range(0, X.shape[0], chunk):
                 stop = min(start + chunk, X.shape[0])
                 w = None if sw is None else sw[start:stop]
-                part, part_w = objective.data(rows.slice(start, stop), Y[start:stop], w, min_par)
-                loss += part * part_w
-                wsum += part_w
-                total[...] += part_w * objective.grads
-            loss /= wsum
-            objective.grads[...] = total / wsum
+                loss += objective.data(rows.slice(start, stop), Y[start:stop], w, min_par,
+                                       norm=weight)[0]
+                total[...] += objective.grads
+            objective.grads[...] = total
         loss += objective.penalty(wsum, gradient=True)
         return loss, objective.grads.astype(np.float64)
 

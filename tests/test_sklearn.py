@@ -337,6 +337,45 @@ def test_lbfgs_chunks_give_the_one_pass_result(rng, monkeypatch):
     np.testing.assert_allclose(chunked.coefs_[0], one.coefs_[0], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("loss", ["squared_error", "poisson"])
+def test_lbfgs_chunk_of_zero_weight(rng, monkeypatch, loss):
+    """A chunk whose weights sum to zero (the first half of the data unweighted here) counts
+    for nothing, as in scikit-learn's one pass, and divides nothing."""
+    from fastbp import _sklearn_solvers
+    X = rng.standard_normal((60, 3))
+    y = np.exp(0.5 * X[:, 0] - 0.3 * X[:, 1])
+    w = np.r_[np.zeros(30), np.ones(30)]
+    params = dict(loss=loss, hidden_layer_sizes=(5,), solver="lbfgs", max_iter=15,
+                  random_state=0)
+    monkeypatch.setattr(_sklearn_solvers, "LBFGS_CHUNK_VALUES", 8 * 20)  # 20-row chunks
+    (ours, _, _), (theirs, _, _) = fit_both("MLPRegressor", X, y, sample_weight=w, **params)
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-7)
+    np.testing.assert_allclose(ours.coefs_[0], theirs.coefs_[0], rtol=1e-6, atol=1e-9)
+
+
+def test_batch_of_zero_weight_raises_as_sklearn(rng):
+    X, y = blobs(rng, N=30)
+    w = np.r_[np.zeros(15), np.ones(15)]  # the first batch weighs nothing
+    for mod in (skn, fastbp.sklearn):
+        with pytest.raises(ZeroDivisionError, match="^Weights sum to zero, can't be normalized$"):
+            mod.MLPClassifier((4,), batch_size=15, shuffle=False, max_iter=2).fit(
+                X, y, sample_weight=w)
+
+
+def test_diverging_poisson_fit_raises_as_sklearn(rng):
+    """Outputs far below the targets' log: the delta exp(z) - y is about -y, orders of magnitude
+    below z, and must not be lost in rounding (the weights would freeze, the fit seem to end)."""
+    X = rng.standard_normal((80, 4))
+    y = np.exp((X[:, 0] - X[:, 2]) / 2)
+    for mod in (skn, fastbp.sklearn):
+        est = mod.MLPRegressor(hidden_layer_sizes=(6,), max_iter=20, random_state=0,
+                               loss="poisson", solver="sgd")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # scikit-learn's overflows
+            with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+                est.fit(X * 100, y)
+
+
 # ---- parameters, errors, warnings --------------------------------------------------------------
 @pytest.mark.parametrize("params", [
     dict(alpha=-1.0), dict(activation="swish"), dict(solver="newton"),
