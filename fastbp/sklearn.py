@@ -73,6 +73,20 @@ def _stochastic_only(est):
     return True
 
 
+class _LayerArrays(list):
+    """``coefs_`` / ``intercepts_``: views into ``net_``'s parameters. ``coefs_[l] = A`` copies
+    ``A`` into the network (scikit-learn's list would take ``A`` itself: the same model)."""
+
+    def __init__(self, arrays, assign):
+        super().__init__(arrays)
+        self._assign = assign
+
+    def __setitem__(self, index, value):
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError("assign one layer at a time: coefs_[l] = A")
+        self._assign(index, value)
+
+
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, initialization, training."""
 
@@ -97,6 +111,9 @@ class _BaseMLP(BaseEstimator):
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
         if np.any(np.array(sizes) <= 0):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        # a TypeError, as scikit-learn's (numpy's, from the first layer's shape); not truncated
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in sizes):
+            raise TypeError(f"hidden_layer_sizes must hold integers, got {sizes}")
         return [int(s) for s in sizes]
 
     def _check_extras(self):
@@ -141,6 +158,13 @@ class _BaseMLP(BaseEstimator):
         elif Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} outputs, but the network was fitted with "
                              f"{self.n_outputs_}")
+        elif hidden != list(self.net_.layer_sizes[1:-1]):
+            # scikit-learn goes on with the fitted layers (or fails deep inside) where
+            # hidden_layer_sizes changed: a network the parameters do not describe
+            raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} differs from "
+                             f"the fitted network's {tuple(self.net_.layer_sizes[1:-1])}; to "
+                             f"train a new network, fit with warm_start=False")
+        self._follow_activation()
         if self.solver == "lbfgs":
             solvers.fit_lbfgs(self, X, Y, sample_weight)
         else:
@@ -149,6 +173,16 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.")
         return self
+
+    def _follow_activation(self):
+        """Rebuild ``net_`` (the same parameters) if ``activation`` was changed after fitting:
+        scikit-learn reads it at every fit and prediction."""
+        net = self.net_
+        if net.activation != _ACTIVATIONS[self.activation]:
+            self.net_ = MLP(net.layer_sizes, activation=_ACTIVATIONS[self.activation],
+                            output_activation=net.output_activation, loss=net.loss_name,
+                            dtype=net.dtype, seed=0)
+            self.net_.params[...] = net.params
 
     def _initialize(self, n_features, hidden, n_outputs, dtype):
         """A new network with scikit-learn's initial weights (Glorot's uniform range for every
@@ -207,10 +241,16 @@ class _BaseMLP(BaseEstimator):
             np.exp(out, out=out)
         return out
 
-    def _forward(self, X):
+    def _check_predict_X(self, X):
+        """``X`` of a prediction, checked as scikit-learn's MLPs check it (numbers only: strings
+        raise), then of the network's dtype."""
         check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=_FLOATS, reset=False)
-        return self._output(X)
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
+        self._follow_activation()
+        return self._as_model_input(X, self.net_.dtype)
+
+    def _forward(self, X):
+        return self._output(self._check_predict_X(X))
 
     def _validation_score(self, X, y, sample_weight):
         """scikit-learn's validation score (accuracy or R^2); NaN for non-finite outputs."""
@@ -223,27 +263,42 @@ class _BaseMLP(BaseEstimator):
     @property
     def coefs_(self):
         """Per-layer weight matrices in scikit-learn's layout, ``coefs_[l]`` (n_in, n_out):
-        views (transposed) into ``net_``'s parameters; assigning a list copies it in."""
+        views (transposed) into ``net_``'s parameters; ``coefs_[l] = A`` and ``coefs_ = [...]``
+        copy the arrays in (of the fitted shapes)."""
         check_is_fitted(self, "net_")
-        return [W.T for W in self.net_.weights]
+        return _LayerArrays([W.T for W in self.net_.weights], self._set_coef)
 
     @coefs_.setter
     def coefs_(self, coefs):
-        check_is_fitted(self, "net_")
-        for l, coef in enumerate(coefs):
-            self.net_.weights[l] = np.asarray(coef).T
+        self._set_all(coefs, "coefs_", self.coefs_, self._set_coef)
+
+    def _set_coef(self, l, coef):
+        self.net_.weights[l] = np.asarray(coef).T
 
     @property
     def intercepts_(self):
         """Per-layer bias vectors: views into ``net_``'s parameters; assigning copies in."""
         check_is_fitted(self, "net_")
-        return list(self.net_.biases)
+        return _LayerArrays(list(self.net_.biases), self._set_intercept)
 
     @intercepts_.setter
     def intercepts_(self, intercepts):
-        check_is_fitted(self, "net_")
-        for l, b in enumerate(intercepts):
-            self.net_.biases[l] = b
+        self._set_all(intercepts, "intercepts_", self.intercepts_, self._set_intercept)
+
+    def _set_intercept(self, l, b):
+        self.net_.biases[l] = b
+
+    @staticmethod
+    def _set_all(arrays, name, current, assign):
+        """``coefs_ = [...]`` / ``intercepts_ = [...]``: every array checked, then copied in
+        (nothing changed when one does not fit)."""
+        arrays = [np.asarray(a) for a in arrays]
+        shapes = [a.shape for a in current]
+        if [a.shape for a in arrays] != shapes:
+            raise ValueError(f"{name} must be {len(shapes)} arrays of shapes {shapes} (the "
+                             f"fitted network's), got {[a.shape for a in arrays]}")
+        for l, a in enumerate(arrays):
+            assign(l, a)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -325,9 +380,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict(self, X):
         """Predicted labels (values of ``classes_``; an indicator matrix for multilabel)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=_FLOATS, reset=False)
-        return self._predict_validated(X)
+        return self._predict_validated(self._check_predict_X(X))
 
     def predict_proba(self, X):
         """Class probabilities (n_samples, n_classes), columns in ``classes_`` order (for
@@ -385,6 +438,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
                              y_numeric=True, dtype=_FLOATS, reset=reset)
+        if not np.issubdtype(y.dtype, np.number):  # scikit-learn's fails on them (numpy's
+            # TypeError, in its first loss): strings are not converted to numbers
+            raise TypeError(f"y must hold numbers for regression, got dtype {y.dtype}")
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, (y.reshape(-1, 1) if y.ndim == 1 else y)
@@ -401,6 +457,4 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def predict(self, X):
         """Predicted targets: (n_samples,) for one target, else (n_samples, n_targets)."""
-        check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=["csr", "csc"], dtype=_FLOATS, reset=False)
-        return self._predict_validated(X)
+        return self._predict_validated(self._check_predict_X(X))

@@ -404,6 +404,56 @@ def test_hidden_layer_sizes_error_as_sklearn(rng):
             est.fit(X, y)
 
 
+@pytest.mark.parametrize("sizes", [(3.5,), (2.0,), (4, True), np.array([3.0])])
+def test_hidden_layer_sizes_of_non_integers_raise_as_sklearn(rng, sizes):
+    X, y = blobs(rng, N=20)
+    for mod in (skn, fastbp.sklearn):
+        with pytest.raises(TypeError):
+            mod.MLPClassifier(hidden_layer_sizes=sizes, max_iter=2).fit(X, y)
+
+
+@quiet
+def test_activation_changed_after_fit_as_sklearn(rng):
+    """scikit-learn reads ``activation`` at every prediction and fit: set_params after fitting
+    changes the predictions, and a warm start trains with the new one."""
+    X, y = blobs(rng)
+    params = dict(hidden_layer_sizes=(8,), max_iter=3, random_state=2, warm_start=True)
+    ours, theirs = MLPClassifier(**params).fit(X, y), skn.MLPClassifier(**params).fit(X, y)
+    for est in (ours, theirs):
+        est.set_params(activation="logistic")
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-7)
+    for est in (ours, theirs):
+        est.set_params(activation="tanh").fit(X, y)
+    assert_same_fit(ours, theirs)
+
+
+@quiet
+def test_warm_start_with_other_hidden_layers_raises(rng):
+    """scikit-learn trains the fitted layers (same depth) or fails deep inside (another
+    depth); fastbp says why (docs/sklearn.md, the differences)."""
+    X, y = blobs(rng)
+    for est in (MLPClassifier((5,), max_iter=2, warm_start=True),
+                MLPRegressor(hidden_layer_sizes=(5,), max_iter=2, solver="sgd")):
+        est.fit(X, y) if est.warm_start else est.partial_fit(X, y)
+        for sizes in ((6,), (5, 5)):
+            est.set_params(hidden_layer_sizes=sizes)
+            with pytest.raises(ValueError, match=re.escape(
+                    f"hidden_layer_sizes={sizes!r} differs from the fitted network's (5,)")):
+                est.fit(X, y) if est.warm_start else est.partial_fit(X, y)
+
+
+@quiet
+def test_predict_and_regression_targets_take_numbers_only(rng):
+    X, y = blobs(rng, N=20)
+    for mod in (skn, fastbp.sklearn):
+        clf = mod.MLPClassifier((4,), max_iter=2).fit(X, y)
+        with pytest.raises(ValueError, match="dtype='numeric' is not compatible with arrays of "
+                                             "bytes/strings"):
+            clf.predict(X.astype(str))
+        with pytest.raises(TypeError):
+            mod.MLPRegressor((4,), max_iter=2).fit(X, y.astype(str))
+
+
 @pytest.mark.parametrize("params,match", [
     (dict(dtype="float16"), "dtype"),
     (dict(weight_decay=-1.0), "weight_decay"),
@@ -512,6 +562,17 @@ def test_coefs_are_views_and_assignable(rng):
     np.testing.assert_allclose(clf.predict_proba(X), 1 / 3)
     clf.coefs_[1][0, 0] = 1.0  # a view: the network sees it
     assert clf.net_.weights[1][0, 0] == 1.0
+    clf.coefs_[0] = np.ones((4, 6))  # as scikit-learn's list item: the model changes
+    clf.intercepts_[1] = np.full(3, 0.5)
+    np.testing.assert_array_equal(clf.net_.weights[0], 1.0)
+    np.testing.assert_array_equal(clf.net_.biases[1], 0.5)
+    before = clf.net_.params.copy()
+    with pytest.raises(ValueError, match=re.escape("coefs_ must be 2 arrays of shapes "
+                                                   "[(4, 6), (6, 3)]")):
+        clf.coefs_ = [np.zeros((4, 6))]  # a layer short: nothing is written
+    with pytest.raises(ValueError, match="layer 1 expects an array of shape"):
+        clf.coefs_[1] = np.zeros((3, 6))
+    np.testing.assert_array_equal(clf.net_.params, before)
 
 
 # ---- classifier and regressor behaviour ----------------------------------------------------------
