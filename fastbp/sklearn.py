@@ -164,7 +164,7 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"hidden_layer_sizes={self.hidden_layer_sizes!r} differs from "
                              f"the fitted network's {tuple(self.net_.layer_sizes[1:-1])}; to "
                              f"train a new network, fit with warm_start=False")
-        self._follow_activation()
+        self.net_ = self._network()
         if self.solver == "lbfgs":
             solvers.fit_lbfgs(self, X, Y, sample_weight)
         else:
@@ -174,15 +174,17 @@ class _BaseMLP(BaseEstimator):
                              "contain large values and need to be preprocessed.")
         return self
 
-    def _follow_activation(self):
-        """Rebuild ``net_`` (the same parameters) if ``activation`` was changed after fitting:
-        scikit-learn reads it at every fit and prediction."""
+    def _network(self):
+        """``net_``, or a copy with ``activation`` as set now if it was changed after fitting
+        (the same parameters): scikit-learn reads it at every fit and prediction."""
         net = self.net_
-        if net.activation != _ACTIVATIONS[self.activation]:
-            self.net_ = MLP(net.layer_sizes, activation=_ACTIVATIONS[self.activation],
-                            output_activation=net.output_activation, loss=net.loss_name,
-                            dtype=net.dtype, seed=0)
-            self.net_.params[...] = net.params
+        if net.activation == _ACTIVATIONS[self.activation]:
+            return net
+        other = MLP(net.layer_sizes, activation=_ACTIVATIONS[self.activation],
+                    output_activation=net.output_activation, loss=net.loss_name,
+                    dtype=net.dtype, seed=0)
+        other.params[...] = net.params
+        return other
 
     def _initialize(self, n_features, hidden, n_outputs, dtype):
         """A new network with scikit-learn's initial weights (Glorot's uniform range for every
@@ -228,7 +230,7 @@ class _BaseMLP(BaseEstimator):
     # ---- prediction --------------------------------------------------------------------------
     def _output(self, X):
         """The output layer's activations for validated ``X`` (the exp output applied)."""
-        net = self.net_
+        net = self._network()
         if sp.issparse(X):
             X = X.tocsr()
             out = np.empty((X.shape[0], self.n_outputs_), dtype=net.dtype)
@@ -246,7 +248,6 @@ class _BaseMLP(BaseEstimator):
         raise), then of the network's dtype."""
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        self._follow_activation()
         return self._as_model_input(X, self.net_.dtype)
 
     def _forward(self, X):

@@ -421,7 +421,9 @@ def test_activation_changed_after_fit_as_sklearn(rng):
     ours, theirs = MLPClassifier(**params).fit(X, y), skn.MLPClassifier(**params).fit(X, y)
     for est in (ours, theirs):
         est.set_params(activation="logistic")
+    fitted = ours.net_
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-7)
+    assert ours.net_ is fitted  # a prediction changes nothing
     for est in (ours, theirs):
         est.set_params(activation="tanh").fit(X, y)
     assert_same_fit(ours, theirs)
