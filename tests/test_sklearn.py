@@ -712,6 +712,38 @@ print(names)
     assert out.strip() == "[]"
 
 
+@pytest.mark.parametrize("data", ["iris", "moons"])
+def test_training_curves_example_as_sklearn(data):
+    """scikit-learn's example "Compare Stochastic learning strategies for MLPClassifier"
+    (plot_mlp_training_curves: its seven strategies, its warning filter), with each import:
+    the same loss curves, scores and no warning shown."""
+    from sklearn.datasets import load_iris, make_moons
+    from sklearn.preprocessing import MinMaxScaler
+    X, y = load_iris(return_X_y=True) if data == "iris" else make_moons(noise=0.3,
+                                                                         random_state=0)
+    X = MinMaxScaler().fit_transform(X)
+    sgd = dict(solver="sgd", learning_rate_init=0.2)
+    strategies = [dict(sgd, learning_rate=rate, momentum=m, nesterovs_momentum=nesterov)
+                  for rate in ("constant", "invscaling")
+                  for m, nesterov in ((0, True), (0.9, False), (0.9, True))]
+    strategies.append(dict(solver="adam", learning_rate_init=0.01))
+    for params in strategies:
+        fits = []
+        for mod in (fastbp.sklearn, skn):
+            mlp = mod.MLPClassifier(random_state=0, max_iter=400, **params)
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                warnings.filterwarnings("ignore", category=ConvergenceWarning, module="sklearn")
+                mlp.fit(X, y)
+            assert seen == []
+            fits.append(mlp)
+        ours, theirs = fits
+        assert ours.n_iter_ == theirs.n_iter_, params
+        assert ours.score(X, y) == theirs.score(X, y)
+        np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9,
+                                   err_msg=str(params))
+
+
 def test_user_guide_examples_as_sklearn():
     """The examples of scikit-learn's user guide for neural networks, with each import."""
     results = []
