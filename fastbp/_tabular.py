@@ -22,34 +22,43 @@ class Table:
     """Features ``X`` (N, k) float64, the raw target ``y`` ((N,) or (N, m), or None), the
     feature names (None without a header) and the target's name or column number."""
 
-    def __init__(self, X, y, feature_names, target_name, path, lines=None):
+    def __init__(self, X, y, feature_names, target_name, path, lines=None, columns=None):
         self.X, self.y = X, y
         self.feature_names, self.target_name = feature_names, target_name
         self.path = path
         # the file's line number of each sample (CSV), for messages; rows 1..N otherwise
         self.lines = np.arange(1, X.shape[0] + 1) if lines is None else lines
+        # the file's column (0-based) of each feature, for messages
+        self.columns = list(range(X.shape[1])) if columns is None else columns
 
     def where(self, i):
         """Where sample ``i`` is, for a message: ``'FILE: row R'``."""
         return f"{self.path}: row {int(self.lines[i])}"
 
+    def column(self, j):
+        """Feature ``j`` for a message: ``'column C'`` or ``"column C ('name')"``."""
+        name = f" ({self.feature_names[j]!r})" if self.feature_names else ""
+        return f"column {self.columns[j] + 1}{name}"
 
-def read_table(path, *, target="last", x_key="X", y_key="y", header=None, delimiter=","):
+
+def read_table(path, *, target="last", x_key="X", y_key="y", header=None, delimiter=",",
+               dtype="float64"):
     """Read a ``.npz`` archive (arrays ``x_key`` and, unless ``target`` is None, ``y_key``) or a
     CSV file (any other suffix). In a CSV file ``target`` names the target column by header name
     or by index (negative counts from the end; ``'last'`` is -1); ``None`` means the file holds
     features only. ``header``: True, False, or None to detect it (a first row with a text cell
-    above a number)."""
+    above a number; empty and ``NA``-like cells are missing values, not text). ``dtype``: the
+    network's float type; a number beyond its range is an error (it would be infinity there)."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not a data file")
     if str(path).lower().endswith(".npz"):
-        return _read_npz(path, x_key, None if target is None else y_key)
-    return _read_csv(path, target, header, delimiter)
+        return _read_npz(path, x_key, None if target is None else y_key, dtype)
+    return _read_csv(path, target, header, delimiter, dtype)
 
 
-def _read_npz(path, x_key, y_key):
+def _read_npz(path, x_key, y_key, dtype):
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = list(data.keys())
@@ -70,23 +79,38 @@ def _read_npz(path, x_key, y_key):
     if X.dtype.kind not in "biuf":
         raise DataError(f"{path}: array {x_key!r} must be numeric, got dtype {X.dtype}")
     X = X.astype(np.float64)
-    _check_finite(X, path, lambda j: f"column {j + 1}")
+    _check_finite(X, path, lambda j: f"column {j + 1}", dtype)
     if y is not None:
         if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
             raise DataError(f"{path}: array {y_key!r} must have shape ({X.shape[0]},) or "
                             f"({X.shape[0]}, m) to match {x_key!r}, got {y.shape}")
         if y.dtype.kind == "f":
-            _check_finite(y.reshape(y.shape[0], -1), path, lambda j: f"{y_key!r} column {j + 1}")
+            _check_finite(y.reshape(y.shape[0], -1), path, lambda j: f"{y_key!r} column {j + 1}",
+                          dtype)
         elif y.dtype.kind not in "biuUS":
             raise DataError(f"{path}: array {y_key!r} has unsupported dtype {y.dtype}")
     return Table(X, y, None, y_key, path)
 
 
-def _check_finite(X, path, column):
-    bad = ~np.isfinite(X)
+def _check_finite(X, path, column, dtype):
+    bad = _unusable(X, dtype)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise DataError(f"{path}: row {i + 1}, {column(j)}: value {X[i, j]} is not finite")
+        raise DataError(f"{path}: row {i + 1}, {column(j)}: "
+                        f"{_why_unusable(X[i, j], f'value {X[i, j]}', dtype)}")
+
+
+def _unusable(values, dtype):
+    """Where ``values`` are NaN, infinite, or beyond ``dtype``'s range: the network, which
+    computes in ``dtype``, would see infinity there."""
+    return ~(np.abs(values) <= np.finfo(dtype).max)
+
+
+def _why_unusable(value, shown, dtype):
+    if not np.isfinite(value):
+        return f"{shown} is not a finite number"
+    return (f"{shown} is beyond the range of {np.dtype(dtype).name} (magnitude at most "
+            f"{np.finfo(dtype).max:.4g}); train with --dtype float64")
 
 
 def _is_number(text):
@@ -97,7 +121,12 @@ def _is_number(text):
         return False
 
 
-def _read_csv(path, target, header, delimiter):
+# Cells that mean "missing" (R writes NA, others N/A or null): neither text nor a number when
+# guessing the header, so a first data row with a missing value is not taken for a header.
+MISSING = {"", "na", "n/a", "null", "none", "?"}
+
+
+def _read_csv(path, target, header, delimiter, dtype):
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [(n, row) for n, row in enumerate(csv.reader(f, delimiter=delimiter), 1)
@@ -116,9 +145,9 @@ def _read_csv(path, target, header, delimiter):
                             f"row {rows[0][0]})")
     if header is None:
         first = [_is_number(c) for c in rows[0][1]]
+        text = [not n and c.strip().lower() not in MISSING for n, c in zip(first, rows[0][1])]
         second = [_is_number(c) for c in rows[1][1]] if len(rows) > 1 else [False] * width
-        header = any(not a and b for a, b in zip(first, second)) or (
-            len(rows) > 1 and not any(first) and any(second))
+        header = any(a and b for a, b in zip(text, second))
     names = [c.strip() for c in rows[0][1]] if header else None
     body = rows[1:] if header else rows
     if not body:
@@ -134,11 +163,11 @@ def _read_csv(path, target, header, delimiter):
             X[:, out] = np.array(cells, dtype=np.float64)
         except ValueError:
             X[:, out] = [_cell_number(path, n, j, names, c) for (n, _), c in zip(body, cells)]
-        bad = ~np.isfinite(X[:, out])
+        bad = _unusable(X[:, out], dtype)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(f"{path}: row {body[i][0]}, {_column_name(j, names)}: "
-                            f"{cells[i]!r} is not a finite number")
+                            f"{_why_unusable(X[i, out], repr(cells[i]), dtype)}")
     y = None
     if t is not None:
         cells = [row[t].strip() for _, row in body]
@@ -151,14 +180,14 @@ def _read_csv(path, target, header, delimiter):
         except ValueError:
             y = np.array(cells, dtype=str)  # class names
         else:
-            bad = ~np.isfinite(y)
+            bad = _unusable(y, dtype)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 raise DataError(f"{path}: row {body[i][0]}, {_column_name(t, names)} (the "
-                                f"target): {cells[i]!r} is not a finite number")
+                                f"target): {_why_unusable(y[i], repr(cells[i]), dtype)}")
     target_name = None if t is None else (names[t] if names else t)
     return Table(X, y, None if names is None else [names[j] for j in feature_cols],
-                 target_name, path, np.array([n for n, _ in body]))
+                 target_name, path, np.array([n for n, _ in body]), feature_cols)
 
 
 def _column_name(j, names):
@@ -215,7 +244,7 @@ def encode_labels(y, path):
         raise DataError(f"{path}: classification needs one target column, got shape {y.shape}")
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        raise DataError(f"{path}: the target has a single class ({classes[0]!r}); "
+        raise DataError(f"{path}: the target has a single class ({plain_label(classes[0])!r}); "
                         "classification needs at least 2")
     return codes.astype(np.int64), [plain_label(c) for c in classes]
 

@@ -26,6 +26,9 @@ from .datasets import split_indices
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 META_KEY = "fastbp_cli"  # the command's entry in a model file's metadata
+# How far (RMS over the training part) the saved model's outputs may be from the trained
+# network's before train warns; in output units (probabilities, or target deviations)
+FOLD_TOLERANCE = 0.01
 
 
 class CliError(Exception):
@@ -72,7 +75,9 @@ def build_parser():
     g.add_argument("--loss", default="mse", choices=["mse", "bce", "cross_entropy"],
                    help="mse is the seed network's 1/2 ||a - y||^2 (on one-hot targets for "
                         "classification); default: mse")
-    g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    g.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="default: float32, which refuses a column it would round by more than "
+                        "1/100 of its deviation (such as 1e8 + U(0, 1)): use float64 there")
     g = t.add_argument_group("training")
     g.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
     g.add_argument("--lr", type=float, default=None,
@@ -169,6 +174,14 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":  # its own parser, with its checks
         from .bench import main as bench_main
+        from .bench.runner import parse_args
+        path = parse_args(argv[1:]).json
+        if path not in (None, "-"):
+            try:
+                _check_output("--json", path)
+            except CliError as exc:
+                print(f"fastbp bench: error: {exc}", file=sys.stderr)
+                return EXIT_ERROR
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
@@ -196,13 +209,30 @@ def _message(exc):
     return f"{type(exc).__name__}: {exc} (--debug shows the traceback)"
 
 
+def _check_threads(n):
+    import numba
+    most = numba.config.NUMBA_NUM_THREADS
+    if n is not None and not 1 <= n <= most:
+        raise CliError(f"--threads must be between 1 and {most} (numba's thread pool size, "
+                       f"NUMBA_NUM_THREADS), got {n}")
+
+
 def _threads(n):
     from . import threads
-    if n is None:
-        return contextlib.nullcontext()
-    if n < 1:
-        raise CliError(f"--threads must be >= 1, got {n}")
-    return threads(n)
+    _check_threads(n)
+    return contextlib.nullcontext() if n is None else threads(n)
+
+
+def _check_output(option, path):
+    """Refuse an output path that cannot be written before any work is done, so that a long
+    run does not end in an error and lose its result."""
+    if os.path.isdir(path):
+        raise CliError(f"{option} {path}: expected a file path, got a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"{option} {path}: the directory {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path}: the directory {folder} is not writable")
 
 
 # ---- train -------------------------------------------------------------------------------------
@@ -223,6 +253,10 @@ def _check_train_args(a):
         raise CliError(f"--hidden widths must be >= 1, got {a.hidden}")
     if a.momentum is not None and a.optimizer != "sgd":
         raise CliError(f"--momentum is for --optimizer sgd, not {a.optimizer}")
+    _check_threads(a.threads)
+    for option, path in (("--save", a.save), ("--plot", a.plot)):
+        if path is not None:
+            _check_output(option, path)
 
 
 def _schedule(spec, epochs):
@@ -274,7 +308,7 @@ def _load_training_data(a):
         table = _tabular.Table(X, y, None, "digit", "digits")
     else:
         table = _tabular.read_table(a.data, target=a.target, x_key=a.x_key, y_key=a.y_key,
-                                    header=a.header, delimiter=a.delimiter)
+                                    header=a.header, delimiter=a.delimiter, dtype=a.dtype)
     task = _tabular.infer_task(table.y) if a.task == "auto" else a.task
     if task == "classification":
         Y, classes = _tabular.encode_labels(table.y, table.path)
@@ -288,6 +322,25 @@ def _load_training_data(a):
     if table.X.shape[0] < 2:
         raise CliError(f"{table.path}: {table.X.shape[0]} sample; training needs at least 2")
     return table, task, classes, Y
+
+
+def _check_resolution(table, X, dtype):
+    """Refuse a feature column whose values ``dtype`` rounds by more than 1/100 of their
+    standard deviation on the training part ``X`` (1e8 + U(0, 1) in float32), or whose
+    deviation is so small that dividing by it overflows ``dtype``."""
+    # The saved model takes the raw columns in dtype (the scaling is folded into it), so such a
+    # column's information is lost there, and the fold's rounding spoils the whole model.
+    sd = X.std(axis=0)
+    top = np.abs(X).max(axis=0)
+    step = np.spacing(top.astype(dtype)).astype(np.float64)
+    name = np.dtype(dtype).name
+    fix = "train with --dtype float64" if name == "float32" else "rescale the column"
+    for j in np.flatnonzero((sd > 0) & ((step > sd / 100) | (sd < 1e3 / np.finfo(dtype).max))):
+        why = (f"{name} rounds its values (up to {top[j]:.6g}) in steps of {step[j]:.3g}, more "
+               f"than 1/100 of their standard deviation {sd[j]:.3g}" if step[j] > sd[j] / 100
+               else f"its standard deviation {sd[j]:.3g} is too small for {name} (dividing by "
+               "it overflows)")
+        raise CliError(f"{table.path}: {table.column(j)}: {why}; {fix}")
 
 
 class _Scaling:
@@ -311,6 +364,18 @@ class _Scaling:
         if self.y_mu is None:
             return Y if Y.dtype.kind in "iu" else np.ascontiguousarray(Y, dtype=dtype)
         return np.ascontiguousarray((Y - self.y_mu) / self.y_sd, dtype=dtype)
+
+    def fold_into_checked(self, net, X_trained, X_raw):
+        """:meth:`fold_into`, and how far (RMS) the folded ``net``'s outputs on the raw
+        ``X_raw`` are from the trained net's on ``X_trained`` (its standardized form), in the
+        trained net's output units."""
+        with np.errstate(over="ignore"):  # an overflow shows as an infinite gap
+            before = net.forward(X_trained).astype(np.float64)
+            self.fold_into(net)
+            after = net.forward(np.ascontiguousarray(X_raw, dtype=net.dtype)).astype(np.float64)
+        if self.y_mu is not None:
+            after = (after - self.y_mu) / self.y_sd
+        return float(np.sqrt(np.mean((after - before) ** 2)))
 
     def fold_into(self, net):
         """Make ``net`` take raw features (and give raw targets): ``W (x - mu) / sd + b`` is
@@ -344,11 +409,13 @@ def _train(a):
     rng = np.random.default_rng(a.seed)
     split = _Split(table.X.shape[0], a.test_split, a.validation_split, rng,
                    Y if classes is not None else None)
+    X_train = table.X[split.train]
+    _check_resolution(table, X_train, a.dtype)
     scale = a.scale == "standard" or (a.scale == "auto" and a.data is not None)
     output_activation = a.output_activation
     if task == "regression" and output_activation is None:
         output_activation = "identity"
-    scaling = _Scaling(table.X[split.train], Y[split.train], scale,
+    scaling = _Scaling(X_train, Y[split.train], scale,
                        scale_targets=task == "regression" and output_activation == "identity")
     parts = {}
     for name, idx in (("train", split.train), ("validation", split.validation),
@@ -400,7 +467,17 @@ def _train(a):
     except KeyboardInterrupt:  # the model is the one of the last finished epoch
         interrupted = True
     seconds = time.perf_counter() - t0
-    scaling.fold_into(net)
+    # The epoch lines measure the network on the standardized data, the report below and the
+    # saved model on the raw columns: say so when the fold's rounding makes them disagree.
+    with _threads(a.threads):
+        gap = scaling.fold_into_checked(net, Xt, X_train)
+    if not gap <= FOLD_TOLERANCE and (comm is None or comm.Get_rank() == 0):
+        print(f"fastbp train: warning: the saved model (raw columns in {a.dtype}) is off from "
+              f"the trained network (standardized data) by {gap:.3g} RMS on the training part"
+              + (" (in target deviations)" if scaling.y_mu is not None else "")
+              + ": the epoch lines describe the trained network, the results below the saved "
+              "model" + ("; --dtype float64 avoids this" if a.dtype == "float32" else ""),
+              file=sys.stderr)
     metadata = {META_KEY: {"task": task, "classes": classes,
                            "feature_names": table.feature_names,
                            "target": table.target_name}}
@@ -551,7 +628,7 @@ def _load_model(path):
 
 def _model_data(a, net, info, target):
     table = _tabular.read_table(a.data, target=target, x_key=a.x_key, y_key=a.y_key,
-                                header=a.header, delimiter=a.delimiter)
+                                header=a.header, delimiter=a.delimiter, dtype=net.dtype)
     n_in = net.layer_sizes[0]
     if table.X.shape[1] != n_in:
         raise CliError(f"{table.path}: {table.X.shape[1]} feature columns"
@@ -566,6 +643,8 @@ def _model_data(a, net, info, target):
 
 
 def _predict(a):
+    if a.out is not None:
+        _check_output("--out", a.out)
     net, info = _load_model(a.model)
     target = None if a.target is None else a.target
     table = _model_data(a, net, info, target)

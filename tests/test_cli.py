@@ -175,7 +175,7 @@ def test_plot_without_matplotlib_still_trains(tmp_path):
     ("a,b,y\n1,2,0\n3,4,1\n", ("--target", "zz"), ("no column named 'zz'", "'a', 'b', 'y'")),
     ("a,b,y\n1,2,0\n3,4,1\n", ("--target", "7"), ("column 7 is out of range",)),
     ("a,b,y\n1,inf,0\n3,4,1\n", (), ("row 2", "'inf' is not a finite number")),
-    ("a,b,y\n1,2,5\n3,4,5\n", (), ("a single class",)),
+    ("a,b,y\n1,2,5\n3,4,5\n", (), ("a single class (5);",)),  # the label, not its numpy repr
     ("", (), ("the file is empty",)),
 ])
 def test_bad_csv_files(tmp_path, content, args, fragments):
@@ -213,6 +213,95 @@ def test_errors_are_one_line(files, tmp_path):
     # --debug: the traceback instead of one line
     proc = run("train", "--data", tmp_path / "missing.csv", "--debug")
     assert proc.returncode == 1 and "Traceback" in proc.stderr
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "missing" / "m.npz"
+    for option in ("--save", "--plot"):
+        proc = run("train", option, missing)
+        one_error_line(proc, f"{option} {missing}", "does not exist")
+        assert proc.stdout == ""  # refused before the network is even made
+    proc = run("train", "--save", tmp_path)
+    one_error_line(proc, f"--save {tmp_path}", "expected a file path, got a directory")
+    assert proc.stdout == ""
+    one_error_line(run("predict", "--model", tmp_path / "no_model.npz", "--data", "x.csv",
+                       "--out", missing), f"--out {missing}", "does not exist")
+    # bench: in process, with the benchmark itself replaced (it must not start)
+    started = []
+    monkeypatch.setattr("fastbp.bench.main", lambda argv: started.append(argv) or 0)
+    assert cli.main(["bench", "--json", str(missing), "--workloads", "tiny-b1"]) == 1
+    assert not started and f"--json {missing}" in capsys.readouterr().err
+    assert cli.main(["bench", "--json", str(tmp_path / "r.json")]) == 0 and started
+
+
+def test_threads_out_of_range_names_the_option():
+    line = one_error_line(run("train", "--threads", 99), "--threads must be between 1 and",
+                          "got 99")
+    assert "n must be" not in line
+
+
+def test_values_beyond_the_dtype_range(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("a,b,y\n" + "".join(f"{i % 7},{i % 5},{i % 3 + 0.5}\n" for i in range(30)))
+    huge = tmp_path / "huge.csv"
+    huge.write_text("a,b,y\n1,2,0.5\n1e39,4,1.5\n3,4,2.5\n")
+    for command in ("train", "evaluate"):
+        extra = () if command == "train" else ("--model", tmp_path / "m.npz")
+        if command == "evaluate":  # a float32 model with 2 inputs
+            run("train", "--data", good, "--epochs", 1, "--quiet", "--save", tmp_path / "m.npz",
+                check=0)
+        one_error_line(run(command, "--data", huge, *extra), f"{huge}: row 3, column 1 ('a'): "
+                       "'1e39' is beyond the range of float32", "--dtype float64")
+    one_error_line(run("predict", "--model", tmp_path / "m.npz", "--data", huge, "--target",
+                       "y"), "row 3, column 1 ('a')", "beyond the range of float32")
+    huge.write_text("a,b,y\n1,2,0.5\n3,4,-4e38\n")
+    one_error_line(run("train", "--data", huge), "row 3, column 3 ('y') (the target)",
+                   "'-4e38' is beyond the range of float32")
+    # float64 holds them; an .npz archive is checked the same way
+    assert _tabular.read_table(str(huge), dtype="float64").y.tolist() == [0.5, -4e38]
+    np.savez(tmp_path / "huge.npz", X=np.array([[1.0, 2.0], [3.0, 1e39]]), y=np.zeros(2))
+    with pytest.raises(_tabular.DataError, match=r"row 2, column 2: value 1e\+39 is beyond"):
+        _tabular.read_table(str(tmp_path / "huge.npz"), dtype="float32")
+
+
+def _offset_file(path, offset, scale=1.0):
+    """A regression file whose first column is offset + U(0, 1) * scale: its information is in
+    the spread, far below its magnitude."""
+    rng = np.random.default_rng(0)
+    u, x2 = rng.uniform(size=(2, 200))
+    with open(path, "w") as f:
+        f.write("t,x2,y\n")
+        for a, b, c in zip(offset + u * scale, x2, 2 * u + x2):
+            f.write(f"{float(a)!r},{float(b)!r},{float(c)!r}\n")
+    return path
+
+
+def test_float32_refuses_columns_it_cannot_resolve(tmp_path):
+    path = _offset_file(tmp_path / "offset.csv", 1e8)
+    one_error_line(run("train", "--data", path), f"{path}: column 1 ('t'): float32 rounds its "
+                   "values (up to 1e+08) in steps of 8", "--dtype float64")
+    proc = run("train", "--data", path, "--dtype", "float64", "--epochs", 20, "--json",
+               "--quiet", check=0)
+    assert json.loads(proc.stdout)["metrics"]["test"]["r2"] > 0.9
+    assert "warning" not in proc.stderr
+    path = _offset_file(tmp_path / "tiny.csv", 0.0, 1e-42)  # dividing by its deviation overflows
+    one_error_line(run("train", "--data", path), "column 1 ('t'): its standard deviation",
+                   "too small for float32", "--dtype float64")
+
+
+def test_train_warns_when_the_saved_model_is_not_the_trained_one(tmp_path, monkeypatch,
+                                                                capsys):
+    # With the column check off, the offset column makes the float32 fold lose the model: the
+    # epoch lines (standardized data) and the report (the saved model) would disagree silently.
+    monkeypatch.setattr(cli, "_check_resolution", lambda *args: None)
+    path = _offset_file(tmp_path / "offset.csv", 1e8)
+    assert cli.main(["train", "--data", str(path), "--epochs", "5", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the saved model (raw columns in float32) is off from the trained " \
+        "network" in err and "--dtype float64" in err
+    assert cli.main(["train", "--data", str(path), "--epochs", "5", "--quiet", "--dtype",
+                     "float64"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_the_last_finished_epoch(tmp_path):
@@ -275,6 +364,14 @@ def test_header_detection_and_target_columns(tmp_path):
     assert t.y is None and t.feature_names == ["p", "q"] and t.X.tolist() == [[1, 2]]
     path.write_text("1;2\n3;4\n")
     assert _tabular.read_table(str(path), delimiter=";").X.tolist() == [[1], [3]]
+    # a missing value (NA, or empty) in the first data row does not make it a header
+    for first in ("NA,0.5,1", ",0.5,1", "n/a,0.5,1"):
+        path.write_text(first + "\n0.6,0.2,0\n0.1,0.3,1\n")
+        with pytest.raises(_tabular.DataError, match=r"row 1, column 1: (missing value|'.*' is "
+                           "not a number)"):
+            _tabular.read_table(str(path))
+    path.write_text("x,NA,y\n1,2,0\n3,4,1\n")  # a header all the same
+    assert _tabular.read_table(str(path)).feature_names == ["x", "NA"]
 
 
 def test_task_inference():
