@@ -374,6 +374,25 @@ def test_digits_split_is_stratified_disjoint_and_reproducible():
     np.testing.assert_array_equal(np.bincount(y_te, minlength=10), np.round(0.5 * counts))
 
 
+def test_train_test_split_of_other_targets_and_bad_arguments():
+    X = np.arange(200.0).reshape(100, 2)
+    y = np.arange(100) % 3
+    # one-hot rows and float targets: split as a whole (not stratified), 25 held out
+    for target in (np.eye(3)[y], np.linspace(0.0, 1.0, 100)):
+        X_tr, X_te, y_tr, y_te = datasets.train_test_split(X, target)
+        assert len(X_te) == len(y_te) == 25 and len(X_tr) == 75
+        assert sorted(X_tr[:, 0].tolist() + X_te[:, 0].tolist()) == X[:, 0].tolist()
+        np.testing.assert_array_equal(y_te, target[(X_te[:, 0] / 2).astype(int)])
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        datasets.train_test_split(X, y, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        datasets.train_test_split(X, y, seed="a")
+    with pytest.raises(ValueError, match="leaves the test part empty"):
+        datasets.train_test_split(X, y, test_fraction=1e-9)
+    with pytest.raises(ValueError, match="leaves the train part empty"):
+        datasets.train_test_split(X, y, test_fraction=0.999)
+
+
 def test_aligned_zeros_start_on_a_cache_line():
     from fastbp.model import CACHE_LINE, aligned_zeros
     for dtype in DTYPES:

@@ -30,19 +30,29 @@ def load_digits(dtype="float32", scale=True):
 
 
 def train_test_split(X, y, test_fraction=0.25, seed=0):
-    """A fixed, seeded, stratified split: ``X_train, X_test, y_train, y_test``.
+    """A fixed, seeded split: ``X_train, X_test, y_train, y_test``.
 
-    Each class is split in the same proportion, so the test set has every class. The same
-    ``seed`` always gives the same split (NumPy's PCG64 generator).
+    Stratified when ``y`` holds class labels (1-D integers, booleans or strings): each class is
+    split in the same proportion, so the test set has every class that has enough samples.
+    Other targets (floats, 2-D arrays) are split as a whole. The same ``seed`` always gives the
+    same split (NumPy's PCG64 generator).
     """
     X = np.asarray(X)
     y = np.asarray(y)
+    if X.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"X and y must be arrays of samples, got shapes {X.shape} and "
+                         f"{y.shape}")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
     test_fraction = V.check_positive_float("test_fraction", test_fraction)
     if not test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    train, test = split_indices(len(y), test_fraction, np.random.default_rng(seed), y)
+    seed = V.check_int("seed", seed, low=0)
+    labels = y if y.ndim == 1 and y.dtype.kind in "biuUSO" else None
+    train, test = split_indices(len(y), test_fraction, np.random.default_rng(seed), labels)
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"test_fraction={test_fraction} of {len(y)} samples leaves the "
+                         f"{'train' if len(train) == 0 else 'test'} part empty")
     return X[train], X[test], y[train], y[test]
 
 
