@@ -62,6 +62,16 @@ def _outputs(outputs, inputs):
                                  "with inputs")
 
 
+def _probabilities(target, loss):
+    """The cross-entropies' targets are probabilities: outside [0, 1] their loss has no
+    minimum (the kernels would return a number all the same)."""
+    if loss in (BCE, CROSS_ENTROPY) and target.size and not (
+            target.min() >= 0 and target.max() <= 1):
+        raise ValueError(f"target must hold probabilities in [0, 1] for loss={loss} "
+                         f"({LOSS_NAMES[loss]}), got values in [{target.min()}, "
+                         f"{target.max()}]")
+
+
 def _code(name, value, names):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
             or int(value) not in names:
@@ -165,6 +175,7 @@ def output_delta(delta, out, target, loss, act):
                          f"({ACTIVATION_NAMES[act]})")
     _outputs({"delta": delta}, {"out": out, "target": target})
     _finite(out=out, target=target)
+    _probabilities(target, loss)
     losses.output_delta(delta, out, target, loss, act)
     return delta
 
@@ -176,6 +187,7 @@ def loss_sum(out, target, loss):
     _shape("target", target, out.shape)
     loss = _code("loss", loss, LOSS_NAMES)
     _finite(out=out, target=target)
+    _probabilities(target, loss)
     return float(losses.loss_sum(out, target, loss))
 
 
