@@ -9,7 +9,9 @@
 * Progress: ``fit(progress=True)`` shows a bar per epoch (tqdm when it is installed, a plain
   text bar otherwise); ``verbose=1`` prints one line per epoch.
 """
+import inspect
 import math
+import numbers
 import sys
 import time
 
@@ -83,17 +85,42 @@ class History:
 
     @classmethod
     def from_dict(cls, data):
-        hist = cls(data.get("metric", "accuracy"))
-        n = len(data["epoch"])
+        """The History that ``to_dict()`` described; every entry is checked first, and an error
+        names it (``history['loss'][3]``)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"history must be a dict as History.to_dict() returns, got "
+                            f"{type(data).__name__}")
+        missing = [key for key in cls.KEYS if key not in data]
+        if missing:
+            raise ValueError(f"history lacks the columns {missing}")
+        metric = data.get("metric", "accuracy")
+        if not isinstance(metric, str):
+            raise TypeError(f"history['metric'] must be a string, got {metric!r}")
+        columns = {}
         for key in cls.KEYS:
-            values = list(data[key])
-            if len(values) != n:
+            values = data[key]
+            if not isinstance(values, (list, tuple, np.ndarray)):
+                raise TypeError(f"history[{key!r}] must be a list, got {type(values).__name__}")
+            kind = numbers.Integral if key == "epoch" else numbers.Real
+            for k, v in enumerate(values):
+                if not isinstance(v, kind) or isinstance(v, (bool, np.bool_)):
+                    raise TypeError(f"history[{key!r}][{k}] must be "
+                                    f"{'an integer' if key == 'epoch' else 'a real number'}, "
+                                    f"got {v!r}")
+            columns[key] = [int(v) if key == "epoch" else float(v) for v in values]
+            if len(values) != len(columns["epoch"]):
                 raise ValueError(f"history column {key!r} has {len(values)} entries, "
-                                 f"'epoch' has {n}")
-            setattr(hist, key, [int(v) if key == "epoch" else float(v) for v in values])
-        hist.stopped_epoch = data.get("stopped_epoch")
-        hist.best_epoch = data.get("best_epoch")
-        hist.diverged_epoch = data.get("diverged_epoch")
+                                 f"'epoch' has {len(columns['epoch'])}")
+        marks = {}
+        for key in ("stopped_epoch", "best_epoch", "diverged_epoch"):
+            value = data.get(key)
+            if value is not None and (not isinstance(value, numbers.Integral)
+                                      or isinstance(value, (bool, np.bool_))):
+                raise TypeError(f"history[{key!r}] must be an integer or None, got {value!r}")
+            marks[key] = None if value is None else int(value)
+        hist = cls(metric)
+        for key, values in {**columns, **marks}.items():
+            setattr(hist, key, values)
         return hist
 
     def __repr__(self):
@@ -121,6 +148,22 @@ class Callback:
         pass
 
 
+def _check_signature(what, func, params):
+    """``TypeError`` now when ``func`` cannot be called with the parameters ``params`` (names,
+    passed by position): otherwise a wrong signature fails only when training calls it, after
+    a whole epoch changed the weights. A function whose signature Python cannot read (some
+    builtins) is not checked."""
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*params)
+    except TypeError as exc:
+        raise TypeError(f"{what} must take ({', '.join(params)}), but its signature is "
+                        f"{sig} ({exc})") from None
+
+
 class LambdaCallback(Callback):
     """Wraps a function ``f(epoch, history, model)`` called after each epoch; a truthy return
     stops training."""
@@ -128,6 +171,7 @@ class LambdaCallback(Callback):
     def __init__(self, func):
         if not callable(func):
             raise TypeError(f"a callback must be callable, got {type(func).__name__}")
+        _check_signature("a callback function", func, ("epoch", "history", "model"))
         self.func = func
 
     def on_epoch_end(self, epoch, history, model):
@@ -227,9 +271,16 @@ def make_callbacks(callbacks, early_stopping):
     out = []
     for k, cb in enumerate(items):
         if isinstance(cb, Callback):
+            for hook, params in (("on_train_begin", ("model", "history")),
+                                 ("on_epoch_end", ("epoch", "history", "model")),
+                                 ("on_train_end", ("model", "history"))):
+                _check_signature(f"callbacks[{k}].{hook}", getattr(cb, hook, None), params)
             out.append(cb)
         elif callable(cb):
-            out.append(LambdaCallback(cb))
+            try:
+                out.append(LambdaCallback(cb))
+            except TypeError as exc:
+                raise TypeError(f"callbacks[{k}]: {exc}") from None
         else:
             raise TypeError(f"callbacks[{k}] must be a Callback or a function f(epoch, history, "
                             f"model), got {type(cb).__name__}")

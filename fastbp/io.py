@@ -114,8 +114,6 @@ def save(net, path, metadata=None):
 
     if not isinstance(net, MLP):
         raise TypeError(f"save needs a fastbp.MLP, got {type(net).__name__}")
-    if not np.isfinite(net.params).all():  # load would refuse such a file
-        raise ValueError("cannot save a network whose parameters contain NaN or infinity")
     if metadata is not None:
         if not isinstance(metadata, dict):
             raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
@@ -123,7 +121,13 @@ def save(net, path, metadata=None):
             _to_json(metadata)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"metadata must be plain data (JSON): {exc}") from None
-    arrays = model_arrays(net, metadata)
+    # The arrays are copies taken under the training guard: another thread's training would
+    # pair mid-epoch parameters with the last epoch's counters (a callback of the training
+    # thread itself saves between epochs, which is consistent).
+    with net._guard.hold("MLP.save", False):
+        net._check_consistent()  # the config written must rebuild this very network
+        net._check_finite_params("save")  # load would refuse such a file
+        arrays = model_arrays(net, metadata)
     if hasattr(path, "write"):
         _write_archive(path, arrays)
         return
@@ -340,6 +344,8 @@ def _check_training(training):
 
 
 def _read_optimizer_state(members, net, has_optimizer):
+    from .optim import check_state_array
+
     n_params, dtype = net.params.shape[0], net.dtype
     state = {}
     for key, m in members.items():
@@ -361,7 +367,12 @@ def _read_optimizer_state(members, net, has_optimizer):
         else:
             raise ModelFileError(f"member {key!r} has shape {m.shape}; optimizer state arrays "
                                  f"are scalars or have one entry per parameter ({n_params},)")
-        state[name] = m.read()
+        arr = m.read()
+        try:  # values training cannot continue from (negative Adam v, counters near 2**64)
+            check_state_array(name, arr)
+        except ValueError as exc:
+            raise ModelFileError(f"member {key!r}: {exc}") from None
+        state[name] = arr
     return state
 
 

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import functools
 import math
+import numbers
 import threading
 
 import numpy as np
@@ -38,7 +39,10 @@ class _TrainingGuard:
     guard without waiting, and a second thread gets a ``RuntimeError`` at once instead of
     interleaving its updates with the first's. The thread that holds it may still assign (a
     callback restoring the best weights), but not start another training inside its own.
-    Reading (``predict``, ``forward``, ``loss``, ``gradients``, ``save``) never takes it."""
+    ``save``, pickling and copying take it too: from another thread they would pair the
+    parameters of the middle of an epoch with the counters of the last one (a callback of the
+    training thread saves between epochs). Reading (``predict``, ``forward``, ``loss``,
+    ``gradients``, ``score``, ``get_training_state``) never takes it."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -57,8 +61,9 @@ class _TrainingGuard:
         if not self._lock.acquire(blocking=False):
             running = owner[1] if owner is not None else "training"
             raise RuntimeError(f"{what}: this model is in {running} in another thread; a model "
-                               f"is trained by one thread at a time (predict, forward, loss and "
-                               f"gradients may run concurrently; train a copy "
+                               f"is trained, assigned, saved or copied by one thread at a time "
+                               f"(predict, forward, loss and gradients may run concurrently; "
+                               f"save or copy from a callback of the training; train a copy "
                                f"(copy.deepcopy(net)) to train in parallel)")
         self._owner = (me, what)
         try:
@@ -112,6 +117,70 @@ class _ParamList(list):
         view[...] = cast
 
 
+def _architecture(name, key, doc, convert=None):
+    """A read-only attribute of the architecture, stored as ``_<name>``: the layout table, the
+    parameter buffer and its views are built from it once, so assigning it (or deleting it)
+    raises ``AttributeError`` instead of leaving the kernels on a stale layout (out-of-bounds
+    reads, since numba does not bounds-check) and ``save`` writing a file ``load`` rejects.
+    ``convert``: applied to the stored value on each read (``list`` of a tuple: a fresh copy)."""
+    attr = "_" + name
+
+    def get(self):
+        value = getattr(self, attr)
+        return value if convert is None else convert(value)
+
+    def refuse(self, value=None):
+        raise AttributeError(f"MLP.{name} is read-only: the network's layout and parameters "
+                             f"were built for it; build another network, e.g. "
+                             f"MLP(**dict(net.get_config(), {key}=...))")
+
+    return property(get, refuse, refuse, doc)
+
+
+def _generator(state, name):
+    """A ``np.random.Generator`` restored from ``state`` (a ``bit_generator.state`` dict);
+    errors name ``name`` and say what NumPy refused."""
+    if not isinstance(state, dict) or "bit_generator" not in state:
+        raise TypeError(f"{name} must be a dict as numpy's bit_generator.state, got "
+                        f"{type(state).__name__}")
+    kind = state["bit_generator"]
+    if not isinstance(kind, str) or kind not in ("PCG64", "PCG64DXSM", "MT19937", "Philox",
+                                                 "SFC64"):
+        raise ValueError(f"{name}: unknown bit generator {kind!r}")
+    bitgen = getattr(np.random, kind)()
+    try:
+        bitgen.state = copy.deepcopy(state)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        error = TypeError if isinstance(exc, TypeError) else ValueError
+        raise error(f"{name} is not a valid {kind} state: {type(exc).__name__}: {exc}") from None
+    return np.random.Generator(bitgen)
+
+
+def _check_config(layer_sizes, activation, output_activation, loss, dtype, seed):
+    """The constructor's arguments checked: ``(sizes, output_activation, dtype)`` with the
+    default output activation filled in and the dtype as a ``np.dtype``."""
+    sizes = V.check_layer_sizes(layer_sizes)
+    V.check_choice("activation", activation, HIDDEN_ACTIVATIONS)
+    V.check_choice("loss", loss, tuple(LOSSES))
+    if output_activation is None:
+        output_activation = {"mse": activation, "bce": "sigmoid",
+                             "cross_entropy": "softmax"}[loss]
+    V.check_choice("output_activation", output_activation, tuple(ACTIVATIONS))
+    required = {"bce": "sigmoid", "cross_entropy": "softmax"}.get(loss)
+    if required is not None and output_activation != required:
+        raise ValueError(f"loss={loss!r} needs output_activation={required!r} (or None), "
+                         f"got {output_activation!r}")
+    if output_activation == "softmax" and loss != "cross_entropy":
+        raise ValueError("output_activation='softmax' is only supported with "
+                         f"loss='cross_entropy', got loss={loss!r}")
+    if output_activation == "softmax" and sizes[-1] < 2:
+        raise ValueError("a softmax output needs at least 2 units, got layer_sizes[-1] = "
+                         f"{sizes[-1]}")
+    if seed is not None:
+        V.check_int("seed", seed, low=0)
+    return sizes, output_activation, V.check_dtype(dtype)
+
+
 class MLP:
     """A multilayer perceptron trained by backpropagation.
 
@@ -144,31 +213,15 @@ class MLP:
 
     def __init__(self, layer_sizes, activation="sigmoid", output_activation=None, loss="mse",
                  dtype="float32", seed=0):
-        sizes = V.check_layer_sizes(layer_sizes)
-        V.check_choice("activation", activation, HIDDEN_ACTIVATIONS)
-        V.check_choice("loss", loss, tuple(LOSSES))
-        if output_activation is None:
-            output_activation = {"mse": activation, "bce": "sigmoid",
-                                 "cross_entropy": "softmax"}[loss]
-        V.check_choice("output_activation", output_activation, tuple(ACTIVATIONS))
-        required = {"bce": "sigmoid", "cross_entropy": "softmax"}.get(loss)
-        if required is not None and output_activation != required:
-            raise ValueError(f"loss={loss!r} needs output_activation={required!r} (or None), "
-                             f"got {output_activation!r}")
-        if output_activation == "softmax" and loss != "cross_entropy":
-            raise ValueError("output_activation='softmax' is only supported with "
-                             f"loss='cross_entropy', got loss={loss!r}")
-        if output_activation == "softmax" and sizes[-1] < 2:
-            raise ValueError("a softmax output needs at least 2 units, got layer_sizes[-1] = "
-                             f"{sizes[-1]}")
-        if seed is not None:
-            V.check_int("seed", seed, low=0)
-        self.layer_sizes = sizes
-        self.activation = activation
-        self.output_activation = output_activation
-        self.loss_name = loss
-        self.dtype = V.check_dtype(dtype)
-        self.seed = seed
+        sizes, output_activation, dtype = _check_config(layer_sizes, activation,
+                                                        output_activation, loss, dtype, seed)
+        # the architecture, read-only: the layout and the parameter buffer are built from it
+        self._layer_sizes = tuple(sizes)
+        self._activation = activation
+        self._output_activation = output_activation
+        self._loss_name = loss
+        self._dtype = dtype
+        self._seed = seed
         codes = [ACTIVATIONS[activation]] * (len(sizes) - 2) + [ACTIVATIONS[output_activation]]
         pairs = list(zip(sizes[:-1], sizes[1:]))
         n_params = sum(a * b + b for a, b in pairs)  # Python ints: no overflow
@@ -183,11 +236,46 @@ class MLP:
         self._initialize()
         self._reset_training_state()
 
+    # ---- the architecture, read-only (see _architecture) -------------------------------------
+    # a new list at each access: changing it in place cannot reach the layout
+    layer_sizes = _architecture("layer_sizes", "layer_sizes",
+                                "``[n_inputs, hidden_1, ..., n_outputs]`` (a new list each time).",
+                                convert=list)
+    activation = _architecture("activation", "activation", "Activation of the hidden layers.")
+    output_activation = _architecture("output_activation", "output_activation",
+                                      "Activation of the output layer.")
+    loss_name = _architecture("loss_name", "loss", "The loss: 'mse', 'bce' or 'cross_entropy'.")
+    dtype = _architecture("dtype", "dtype", "The ``np.dtype`` of parameters and results.")
+    seed = _architecture("seed", "seed", "The seed the network was built with (or None).")
+
+    def _check_consistent(self):
+        """Raise ``ValueError`` unless the architecture attributes (what ``get_config()``
+        writes) describe this network's layout and parameter buffer: they can disagree only
+        through private attributes, and ``save`` must not write a config that ``load`` rejects
+        or rebuilds as another network."""
+        config = {key: getattr(self, "_" + name) for key, name in (
+            ("layer_sizes", "layer_sizes"), ("activation", "activation"),
+            ("output_activation", "output_activation"), ("loss", "loss_name"),
+            ("dtype", "dtype"), ("seed", "seed"))}
+        try:
+            sizes, output, dtype = _check_config(**config)
+            codes = [ACTIVATIONS[config["activation"]]] * (len(sizes) - 2) + [ACTIVATIONS[output]]
+            layout, n_params = make_layout(sizes, codes)
+            if (output != config["output_activation"] or dtype != self._params.dtype
+                    or LOSSES[config["loss"]] != self._loss_code
+                    or n_params != self._params.shape[0]
+                    or not np.array_equal(layout, self._layout)):
+                raise ValueError("they describe another layout or parameter buffer")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot save this network: its configuration {config} does not "
+                             f"describe its layout and parameters ({exc}); were private "
+                             "attributes assigned?") from None
+
     # ---- parameters ------------------------------------------------------------------------
     def _make_views(self):
         self._weights = _ParamList(self._guard, "weights")
         self._biases = _ParamList(self._guard, "biases")
-        for l in range(len(self.layer_sizes) - 1):
+        for l in range(len(self._layer_sizes) - 1):
             self._weights.append(self._layer_slice(self._params, l)[0])
             self._biases.append(self._layer_slice(self._params, l)[1])
 
@@ -209,6 +297,27 @@ class MLP:
             W[...] = self._rng.uniform(-r, r, size=W.shape)
             self._biases[l][...] = 0
 
+    def _check_finite_params(self, what):
+        """``ValueError`` naming the first layer and entry that is NaN or infinite: writes
+        through the views (``net.weights[l][...] = x``, ``net.params[...] = x``) are not
+        checked, and the kernels would turn such a value into silent garbage (labels of 0) or
+        into a divergence blamed on training. A vectorized scan, at the entry of a call."""
+        k = V._first_nonfinite(self._params)
+        if k < 0:
+            return
+        for l in range(self.n_layers):
+            n_in, n_out, w_off, b_off, _ = (int(v) for v in self._layout[l])
+            if k < b_off + n_out:
+                break
+        if k < b_off:
+            part, where = "weights", divmod(k - w_off, n_in)
+        else:
+            part, where = "biases", (k - b_off,)
+        raise ValueError(f"{what}: the {part} of layer {l} must be finite (no NaN or "
+                         f"infinity), but net.{part}[{l}] holds {self._params[k]} at index "
+                         f"{where} (written through a view or net.params? net.{part}[{l}] = ... "
+                         f"checks the values it assigns)")
+
     @property
     def weights(self):
         """Per-layer weights, ``weights[l]`` of shape (n_out, n_in): writable views."""
@@ -226,7 +335,7 @@ class MLP:
 
     @property
     def n_layers(self):
-        return len(self.layer_sizes) - 1
+        return len(self._layer_sizes) - 1
 
     @property
     def is_classifier(self):
@@ -251,7 +360,10 @@ class MLP:
         loaded network continues training exactly. ``metadata``: an optional dict of plain data
         kept in the file (:func:`fastbp.io.load_metadata`). ``comm``: after data-parallel
         training, rank 0 writes and every rank returns once the file is there. See
-        :mod:`fastbp.io`."""
+        :mod:`fastbp.io`. While another thread trains this model, ``save`` raises
+        ``RuntimeError`` (the file would pair mid-epoch parameters with the last epoch's
+        counters): save from a callback (``fit(callbacks=[lambda e, h, m: m.save(path)])``),
+        which runs between epochs, or after training."""
         from . import io
         if comm is None or comm.Get_rank() == 0:
             io.save(self, path, metadata)
@@ -259,12 +371,31 @@ class MLP:
             comm.Barrier()
 
     # ---- pickling: the views are rebuilt from the flat buffer ------------------------------
+    def _snapshot(self, memo=None):
+        """The state to pickle or copy, deep-copied under the training guard: another thread's
+        training cannot run meanwhile (parameters of the middle of an epoch with the counters of
+        the last one), nor start before the copy is taken."""
+        with self._guard.hold("copying or pickling the model", False):
+            state = {key: value for key, value in self.__dict__.items()
+                     if key not in ("_weights", "_biases", "_guard")}
+            return copy.deepcopy(state, memo)
+
     def __getstate__(self):
-        state = self.__dict__.copy()
-        del state["_weights"], state["_biases"], state["_guard"]
-        return state
+        return self._snapshot()
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(self._snapshot(memo))
+        return new
 
     def __setstate__(self, state):
+        # pickles of fastbp before the architecture became read-only hold it as public names
+        for name in ("layer_sizes", "activation", "output_activation", "loss_name", "dtype",
+                     "seed"):
+            if name in state:
+                state["_" + name] = state.pop(name)
+        state["_layer_sizes"] = tuple(state["_layer_sizes"])
         self.__dict__.update(state)
         self._guard = _TrainingGuard()
         # Unpickling can hand back read-only arrays (joblib and scikit-learn load them as
@@ -281,12 +412,12 @@ class MLP:
 
     # ---- inputs ----------------------------------------------------------------------------
     def _check_X(self, X):
-        return V.check_X(X, self.layer_sizes[0], self.dtype)
+        return V.check_X(X, self._layer_sizes[0], self._dtype)
 
     def _check_targets(self, Y, n_samples):
         """Targets as a C-contiguous float array (N, n_outputs). 1-D integer labels become
         one-hot rows when the network has more than one output."""
-        m = self.layer_sizes[-1]
+        m = self._layer_sizes[-1]
         if isinstance(Y, np.ma.MaskedArray) and np.ma.is_masked(Y):
             raise ValueError("Y has masked entries; fill them first (Y.filled(value))")
         try:
@@ -332,11 +463,12 @@ class MLP:
     def _forward_checked(self, X):
         chunk = min(X.shape[0], PREDICT_CHUNK)
         S = knet.workspace_size(self._layout)
-        V.check_memory((chunk * S + X.shape[0] * self.layer_sizes[-1]) * self.dtype.itemsize,
+        m = self._layer_sizes[-1]
+        V.check_memory((chunk * S + X.shape[0] * m) * self.dtype.itemsize,
                        f"the forward pass of {X.shape[0]:,} samples ({X.shape[0]:,} x "
-                       f"{self.layer_sizes[-1]:,} outputs, {chunk:,} x {S:,} activations)")
+                       f"{m:,} outputs, {chunk:,} x {S:,} activations)")
         acts = np.empty(chunk * S, dtype=self.dtype)
-        out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+        out = np.empty((X.shape[0], m), dtype=self.dtype)
         _cache.require("predict", self.dtype)
         # whole chunks, about PIECE_WORK multiply-adds a call (Ctrl-C; the rows are independent)
         rows = chunk * max(1, int(PIECE_WORK / self._params.shape[0]) // chunk)
@@ -356,6 +488,7 @@ class MLP:
     def predict(self, X):
         """Outputs for ``loss='mse'``; class labels for the classification losses (argmax of a
         softmax output; ``output > 0.5`` for a sigmoid output with ``bce``)."""
+        self._check_finite_params("MLP.predict")
         out = self.forward(X)
         if self._loss_code == CROSS_ENTROPY:
             return np.argmax(out, axis=-1)
@@ -366,12 +499,14 @@ class MLP:
 
     def loss(self, X, Y):
         """Mean over samples of the per-sample loss (a Python float)."""
+        self._check_finite_params("MLP.loss")
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
         return float(loss_sum(self._forward_checked(X), Y, self._loss_code) / X.shape[0])
 
     def gradients(self, X, Y):
         """Gradients of ``self.loss(X, Y)``: ``(dWs, dbs)`` shaped like weights and biases."""
+        self._check_finite_params("MLP.gradients")
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
         B = X.shape[0]
@@ -398,6 +533,7 @@ class MLP:
         if not self.is_classifier:
             raise ValueError("predict_proba needs a classification loss ('bce' or "
                              f"'cross_entropy'); this network has loss={self.loss_name!r}")
+        self._check_finite_params("MLP.predict_proba")
         out = self.forward(X)
         if self._loss_code == BCE and out.shape[-1] == 1:
             p = out[..., 0]
@@ -409,6 +545,7 @@ class MLP:
         or the argmax of one-hot ``Y``; ``bce``: every output thresholded at 0.5 must match, i.e.
         subset accuracy), R^2 for ``mse`` (averaged uniformly over the outputs, as scikit-learn's
         ``r2_score``); weighted by ``sample_weight`` when given. Returns a Python float."""
+        self._check_finite_params("MLP.score")
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
         sw = self._check_sample_weight(sample_weight, X.shape[0])
@@ -538,6 +675,7 @@ class MLP:
         change across CPUs (vector width) and numba/LLVM versions, as the compiler may reorder
         sums (fastmath ``reassoc``).
         """
+        self._check_finite_params("MLP.fit")
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
         sw = self._check_sample_weight(sample_weight, X.shape[0])
@@ -626,6 +764,7 @@ class MLP:
         MLP
             ``self``.
         """
+        self._check_finite_params("MLP.partial_fit")
         X, _ = self._check_X(X)
         Y = self._check_targets(Y, X.shape[0])
         sw = self._check_sample_weight(sample_weight, X.shape[0])
@@ -664,15 +803,7 @@ class MLP:
     @rng_state.setter
     @_exclusive("MLP.rng_state = ...")
     def rng_state(self, state):
-        if not isinstance(state, dict) or "bit_generator" not in state:
-            raise TypeError("rng_state must be a dict as numpy's bit_generator.state, got "
-                            f"{type(state).__name__}")
-        name = state["bit_generator"]
-        if name not in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
-            raise ValueError(f"rng_state: unknown bit generator {name!r}")
-        bitgen = getattr(np.random, name)()
-        bitgen.state = copy.deepcopy(state)
-        self._rng = np.random.Generator(bitgen)
+        self._rng = _generator(state, "rng_state")
 
     def get_training_state(self):
         """Everything besides ``params`` that training continues from, as plain data:
@@ -689,26 +820,45 @@ class MLP:
 
     @_exclusive("MLP.set_training_state")
     def set_training_state(self, state):
-        """Restore what ``get_training_state`` returned."""
+        """Restore what ``get_training_state`` returned. Every field is checked before any is
+        assigned: a rejected state leaves the model's training state as it was, and the error
+        names the field."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         missing = {"n_epochs", "n_steps", "rng_state", "optimizer_config",
                    "optimizer_state"} - set(state)
         if missing:
             raise ValueError(f"training state lacks {sorted(missing)}")
-        opt = None
-        if state["optimizer_config"] is not None:
-            opt = _optim.make_optimizer(state["optimizer_config"])
-            opt.load_state_arrays(dict(state["optimizer_state"]))
-            opt._bind(self._params.shape[0], self.dtype)
         n_epochs = V.check_int("n_epochs", state["n_epochs"], low=0)
         n_steps = V.check_int("n_steps", state["n_steps"], low=0)
-        self.rng_state = state["rng_state"]
+        rng = _generator(state["rng_state"], "rng_state")
+        opt = None
+        if state["optimizer_config"] is not None:
+            try:
+                opt = _optim.make_optimizer(state["optimizer_config"])
+            except (TypeError, ValueError) as exc:
+                kind = TypeError if isinstance(exc, TypeError) else ValueError
+                raise kind(f"optimizer_config: {exc}") from None
+            try:
+                opt.load_state_arrays(dict(state["optimizer_state"]))
+                opt._bind(self._params.shape[0], self.dtype)
+            except (TypeError, ValueError, OverflowError) as exc:
+                kind = TypeError if isinstance(exc, TypeError) else ValueError
+                raise kind(f"optimizer_state: {exc}") from None
+        curve = state.get("loss_curve", [])
+        if not isinstance(curve, (list, tuple, np.ndarray)):
+            raise TypeError(f"loss_curve must be a list of numbers, got {type(curve).__name__}")
+        for k, value in enumerate(curve):
+            if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"loss_curve[{k}] must be a real number, got {value!r}")
+        hist = state.get("history")
+        hist = None if hist is None else History.from_dict(hist)
+        # everything checked: assign
+        self._rng = rng
         self.n_epochs_, self.n_steps_ = n_epochs, n_steps
         self.optimizer_ = opt
-        self.loss_curve_ = [float(v) for v in state.get("loss_curve", [])]
-        hist = state.get("history")
-        self.history_ = None if hist is None else History.from_dict(hist)
+        self.loss_curve_ = [float(v) for v in curve]
+        self.history_ = hist
 
     # ---- training internals -----------------------------------------------------------------
     def _check_sample_weight(self, sample_weight, n_samples, name="sample_weight"):
@@ -773,14 +923,15 @@ class MLP:
                 raise ValueError(f"{needs[0]} needs validation data: give validation_data or "
                                  "validation_split")
         N = X.shape[0]
-        P, n0, m = self._params.shape[0], self.layer_sizes[0], self.layer_sizes[-1]
+        sizes = self._layer_sizes
+        P, n0, m = self._params.shape[0], sizes[0], sizes[-1]
         B = min(run["batch_size"], N)
         S = knet.workspace_size(self._layout)
         weighted, hogwild = sw is not None, run["hogwild"]
         n_buf = len(opt._needed_buffers())
         fresh = sum(1 for k in opt._needed_buffers() if opt._state.get(k) is None)
         elems = (P * (2 + n_buf + fresh)  # gradients, snapshots, new optimizer state
-                 + B * (n0 + m + self.layer_sizes[1]) + max(B, 2) * S + B * S
+                 + B * (n0 + m + sizes[1]) + max(B, 2) * S + B * S
                  + (B if weighted else 0)
                  + (3 * S * max(1, min(get_num_threads(), N)) if hogwild else 0))
         if val is not None:

@@ -64,6 +64,28 @@ def _check_bool(name, value):
     return bool(value)
 
 
+# Counters above MAX_COUNT (2**62 steps or epochs) cannot come from training, and would
+# overflow the kernels' int64 step arithmetic (Adam's bias correction) within an epoch.
+MAX_COUNT = 2 ** 62
+
+
+def check_state_array(key, arr):
+    """Raise ``ValueError`` when the state entry ``key`` holds what no training produces:
+    counters (``step``, ``epoch``) outside [0, MAX_COUNT], negative second moments ``v``
+    (Adam's ``sqrt(v)`` would be NaN at the next step). Shapes and dtypes are checked apart."""
+    arr = np.asarray(arr)
+    if key in ("step", "epoch") and arr.shape == () and arr.dtype.kind in "iu":
+        value = int(arr)
+        if value < 0:
+            raise ValueError(f"optimizer state {key!r} must be >= 0, got {value}")
+        if value > MAX_COUNT:
+            raise ValueError(f"optimizer state {key!r} must be at most 2**62 (no training "
+                             f"counts that far), got {value}")
+    elif key == "v" and arr.dtype.kind == "f" and arr.size and arr.min() < 0:
+        raise ValueError(f"optimizer state 'v' (Adam's running mean of squared gradients) must be "
+                         f">= 0, got a minimum of {arr.min()} at index {int(np.argmin(arr))}")
+
+
 def _scalar(d, key, kind):
     """A 0-d array from a state dict as a Python int or float."""
     arr = np.asarray(d[key])
@@ -359,6 +381,9 @@ class Optimizer:
         epoch = _scalar(state, "epoch", "int")
         if step < 0 or epoch < 0:
             raise ValueError(f"optimizer counters must be >= 0, got step={step}, epoch={epoch}")
+        if max(step, epoch) > MAX_COUNT:
+            raise ValueError(f"optimizer counters must be at most 2**62 (no training counts "
+                             f"that far), got step={step}, epoch={epoch}")
         buffers = {}
         for key in self._buffers:
             if key in state:
@@ -366,6 +391,7 @@ class Optimizer:
                 if arr.ndim != 1 or arr.dtype.kind != "f" or not np.isfinite(arr).all():
                     raise ValueError(f"optimizer state {key!r} must be a finite 1-D float "
                                      "array")
+                check_state_array(key, arr)
                 buffers[key] = np.array(arr, copy=True, order="C")
         sched = {k[len("schedule."):]: v for k, v in state.items() if k.startswith("schedule.")}
         if sched:

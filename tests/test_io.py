@@ -297,6 +297,19 @@ def test_save_errors(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("name,value", [
+    ("_activation", "relu"), ("_output_activation", "sigmoid"), ("_loss_name", "mse"),
+    ("_seed", -5), ("_layer_sizes", (5, 8, 3)), ("_dtype", np.dtype("float32"))])
+def test_save_refuses_a_config_that_does_not_describe_the_network(tmp_path, name, value):
+    """The architecture is read-only (test_robustness.py); past private attributes, save still
+    refuses to write a config that load would reject or rebuild as another network."""
+    net = make_net()
+    setattr(net, name, value)
+    with pytest.raises(ValueError, match="cannot save this network: its configuration"):
+        net.save(tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
+
+
 # ---- rejecting bad files ------------------------------------------------------------------------
 @pytest.fixture
 def saved(tmp_path, rng):
@@ -512,6 +525,46 @@ def test_edited_optimizer_state(tmp_path, saved):
     arrays = edit_json(members(path), "training", lambda t: t.update(optimizer_config=None))
     with pytest.raises(ModelFileError, match="no optimizer_config"):
         fastbp.load(rewrite(tmp_path, arrays))
+
+
+def test_optimizer_state_training_cannot_use_is_rejected(tmp_path, saved, rng):
+    """Values no training produces, which every later partial_fit would trip on (a negative
+    second moment: NaN at the first step, reported as a divergence; a step counter near 2**64:
+    a bare OverflowError), are rejected at load, naming the file and the member."""
+    net, path = saved
+    n = net.params.size
+    v = np.abs(members(path)["optimizer.v"])
+    v[4] = -1e-3
+    cases = [
+        ("optimizer.v", v, ["'optimizer.v'", ">= 0", "-0.001", "index 4"]),
+        ("optimizer.v", np.full(n, -0.0) - 1, ["'optimizer.v'", ">= 0"]),
+        ("optimizer.step", np.array(np.iinfo(np.uint64).max, dtype=np.uint64),
+         ["'optimizer.step'", "2**62", "18446744073709551615"]),
+        ("optimizer.epoch", np.array(2 ** 63 - 1), ["'optimizer.epoch'", "2**62"]),
+    ]
+    for key, value, words in cases:
+        arrays = members(path)
+        arrays[key] = value
+        bad = rewrite(tmp_path, arrays)
+        with pytest.raises(ModelFileError) as info:
+            fastbp.load(bad)
+        for word in [repr(str(bad))] + words:
+            assert word in str(info.value), (word, str(info.value))
+    # the same rule for a state given in memory, and a model that takes none of it
+    X, y = data(rng)
+    state = net.get_training_state()
+    state["optimizer_state"]["v"] = v
+    fresh = make_net()
+    with pytest.raises(ValueError, match="optimizer_state: optimizer state 'v'.*>= 0"):
+        fresh.set_training_state(state)
+    state["optimizer_state"]["v"] = np.abs(v)
+    state["optimizer_state"]["step"] = np.array(2 ** 62 + 1)
+    with pytest.raises(ValueError, match=r"2\*\*62"):
+        fresh.set_training_state(state)
+    assert fresh.optimizer_ is None
+    back = fastbp.load(path)  # the valid file still loads and trains on
+    back.partial_fit(X, y, batch_size=8)
+    assert np.isfinite(back.params).all()
 
 
 CALLS = []

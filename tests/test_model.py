@@ -330,6 +330,22 @@ def test_pickle_round_trip_keeps_params_and_views(dtype):
     np.testing.assert_array_equal(again.params, net.params)
 
 
+def test_pickle_of_a_model_with_public_architecture_attributes_loads():
+    """Pickles from before the architecture became read-only properties hold it as plain
+    public attributes: they load into the private ones."""
+    net = small_net()
+    state = net.__getstate__()
+    for name in ("layer_sizes", "activation", "output_activation", "loss_name", "dtype",
+                 "seed"):
+        state[name] = state.pop("_" + name)
+    state["layer_sizes"] = list(state["layer_sizes"])
+    old = fastbp.MLP.__new__(fastbp.MLP)
+    old.__setstate__(state)
+    assert old.get_config() == net.get_config() and "layer_sizes" not in vars(old)
+    X = np.linspace(-1, 1, 12).reshape(2, 6)
+    np.testing.assert_array_equal(old.forward(X), net.forward(X))
+
+
 # ---- datasets --------------------------------------------------------------------------------
 def test_load_digits():
     X, y = datasets.load_digits()

@@ -877,3 +877,152 @@ def test_fit_rejected_by_its_late_checks_changes_nothing(rng, monkeypatch):
         net.partial_fit(X, y, lr=0.5)
     monkeypatch.undo()
     same(before, snapshot())
+
+
+# ---- the architecture is read-only ---------------------------------------------------------------
+ARCHITECTURE = [("layer_sizes", [1, 6, 3]), ("activation", "relu"),
+                ("output_activation", "sigmoid"), ("loss_name", "mse"),
+                ("dtype", np.dtype("float32")), ("seed", 5)]
+
+
+@pytest.mark.parametrize("name,value", ARCHITECTURE, ids=[a[0] for a in ARCHITECTURE])
+def test_architecture_attributes_are_read_only(rng, name, value):
+    """The layout and the parameter buffer are built from these once: assigning one would
+    leave the kernels on the old layout (out-of-bounds reads) and make save write a file that
+    load rejects or rebuilds as another network."""
+    net = ce_net()
+    X, y = data(rng)
+    config, out = net.get_config(), net.forward(X)
+    with raises(AttributeError, f"MLP.{name}", "read-only", "get_config"):
+        setattr(net, name, value)
+    with raises(AttributeError, f"MLP.{name}", "read-only"):
+        delattr(net, name)
+    assert net.get_config() == config and np.array_equal(net.forward(X), out)
+
+
+def test_layer_sizes_cannot_be_changed_in_place(rng):
+    net = ce_net(sizes=(4, 6, 3))
+    sizes = net.layer_sizes
+    sizes[0] = 1  # a copy: the network keeps its input layer
+    net.layer_sizes[0] = 1
+    assert net.layer_sizes == [4, 6, 3] and net.get_config()["layer_sizes"] == [4, 6, 3]
+    with raises(ValueError, "X has 1 features", "4"):  # no forward pass over a wrong layout
+        net.forward(np.ones((1, 1)))
+    assert net.forward(np.ones((2, 4))).shape == (2, 3)
+    assert repr(net).startswith("MLP([4, 6, 3], ")
+
+
+# ---- non-finite parameters written through the views ---------------------------------------------
+NONFINITE = [("weights", 0, (2, 1), np.nan, "net.weights[0]", "(2, 1)"),
+             ("biases", 1, (2,), -np.inf, "net.biases[1]", "(2,)"),
+             ("weights", 1, (0, 5), np.inf, "net.weights[1]", "(0, 5)")]
+CHECKED_CALLS = {
+    "predict": lambda net, X, y: net.predict(X),
+    "predict_proba": lambda net, X, y: net.predict_proba(X),
+    "loss": lambda net, X, y: net.loss(X, y),
+    "score": lambda net, X, y: net.score(X, y),
+    "gradients": lambda net, X, y: net.gradients(X, y),
+    "fit": lambda net, X, y: net.fit(X, y, epochs=1, batch_size=4),
+    "partial_fit": lambda net, X, y: net.partial_fit(X, y, batch_size=4, optimizer="adam"),
+}
+
+
+@pytest.mark.parametrize("part,l,index,value,where,at", NONFINITE,
+                         ids=["weights-nan", "biases-inf", "weights-inf"])
+def test_nonfinite_parameters_written_through_views_are_caught(rng, part, l, index, value,
+                                                                where, at):
+    """A write through a view is not checked, but every call that trains or measures checks
+    the parameters first and names the layer: no silent labels of 0, no FloatingPointError
+    blaming training for weights it never had. forward does not check (docs/robustness.md)."""
+    X, y = data(rng)
+    net = ce_net()
+    getattr(net, part)[l][index] = value
+    before = net.params.copy()
+    for name, call in CHECKED_CALLS.items():
+        with raises(ValueError, f"MLP.{name}", f"the {part} of layer {l}", where, at, "NaN"):
+            call(net, X, y)
+    np.testing.assert_array_equal(net.params, before)
+    assert net.n_epochs_ == 0 and net.optimizer_ is None and net.history_ is None
+    # forward, the raw pass, does not check: NaN outputs here, finite ones for an infinite
+    # bias of the softmax layer (scikit-learn's wrapper scores a diverged epoch from them)
+    assert net.forward(X).shape == (X.shape[0], 3)
+    getattr(net, part)[l][index] = 0.5  # repaired: every call works again
+    net.fit(X, y, epochs=1, batch_size=4)
+    assert net.n_epochs_ == 1 and np.isfinite(net.params).all()
+
+
+# ---- set_training_state and rng_state: checked whole, then assigned ------------------------------
+def test_set_training_state_is_atomic_and_names_the_field(rng):
+    X, y = data(rng)
+    trained_net = ce_net()
+    trained_net.fit(X, y, epochs=2, batch_size=4, optimizer="adam")
+    good = trained_net.get_training_state()
+    net = ce_net(seed=1)
+    net.partial_fit(X, y, batch_size=4, optimizer={"name": "sgd", "momentum": 0.5})
+
+    def state():
+        s = net.get_training_state()
+        return (s["n_epochs"], s["n_steps"], s["rng_state"], s["loss_curve"],
+                s["optimizer_config"], s["history"], net.optimizer_, net.history_,
+                {k: v.copy() for k, v in s["optimizer_state"].items()})
+
+    before = state()
+    m = good["optimizer_state"]["m"]
+    cases = [
+        (dict(good, loss_curve=["x"]), TypeError, ["loss_curve[0]", "real number", "'x'"]),
+        (dict(good, loss_curve=5), TypeError, ["loss_curve", "list", "int"]),
+        (dict(good, history={"epoch": 3}), ValueError, ["history lacks", "'loss'"]),
+        (dict(good, history=dict(good["history"], epoch=3)), TypeError,
+         ["history['epoch']", "list", "int"]),
+        (dict(good, history=dict(good["history"], loss=[0.5, "x"])), TypeError,
+         ["history['loss'][1]", "'x'"]),
+        (dict(good, history=dict(good["history"], best_epoch=1.5)), TypeError,
+         ["history['best_epoch']", "1.5"]),
+        (dict(good, rng_state={"bit_generator": "PCG64", "state": 5}), TypeError,
+         ["rng_state", "PCG64"]),
+        (dict(good, rng_state={"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}),
+         TypeError, ["rng_state", "PCG64"]),
+        (dict(good, optimizer_state={**good["optimizer_state"], "m": m[:7]}), ValueError,
+         ["optimizer_state", "'m'", "7 entries"]),
+        (dict(good, optimizer_state={**good["optimizer_state"], "v": -np.ones_like(m)}),
+         ValueError, ["optimizer_state", "'v'", ">= 0"]),
+        (dict(good, optimizer_config={"name": "adamax"}), ValueError,
+         ["optimizer_config", "adamax"]),
+        (dict(good, n_epochs=-1), ValueError, ["n_epochs", ">= 0"]),
+    ]
+    for bad, exc, words in cases:
+        with raises(exc, *words):
+            net.set_training_state(bad)
+        after = state()
+        assert after[:5] == before[:5] and after[6] is before[6] and after[7] is before[7]
+        assert all(np.array_equal(after[8][k], v) for k, v in before[8].items())
+    with raises(TypeError, "rng_state", "PCG64", "not subscriptable"):
+        net.rng_state = {"bit_generator": "PCG64", "state": 5}
+    assert net.rng_state == before[2]
+    net.set_training_state(good)  # a valid state is taken whole
+    assert net.get_training_state()["rng_state"] == good["rng_state"]
+    assert net.n_epochs_ == 2 and net.optimizer_.get_config() == good["optimizer_config"]
+
+
+# ---- callbacks are checked before the first epoch ------------------------------------------------
+class _BadHook(fastbp.callbacks.Callback):
+    def on_epoch_end(self, epoch):
+        return False
+
+
+@pytest.mark.parametrize("callbacks,words", [
+    ([lambda epoch: None], ["callbacks[0]", "(epoch, history, model)", "(epoch)"]),
+    ([lambda e, h, m: None, lambda e, h, m, extra: None], ["callbacks[1]", "extra"]),
+    ([_BadHook()], ["callbacks[0].on_epoch_end", "(epoch, history, model)"]),
+])
+def test_callbacks_with_a_wrong_signature_are_rejected_before_training(rng, callbacks, words):
+    X, y = data(rng)
+    net = ce_net()
+    before = net.params.copy()
+    for train_call in (lambda: net.fit(X, y, callbacks=callbacks),
+                       lambda: net.partial_fit(X, y, callbacks=callbacks)):
+        with raises(TypeError, *words):
+            train_call()
+        assert_untouched(net, before)
+    # signatures that accept the three arguments pass
+    net.fit(X, y, callbacks=[lambda *a: None, lambda e, h, m, extra=1: None])

@@ -182,6 +182,54 @@ def test_one_model_trained_from_two_threads_raises_at_once():
     assert not net.weights[0].any()
 
 
+def test_save_pickle_and_copy_from_another_thread_during_training_raise(tmp_path):
+    """A snapshot from another thread would pair mid-epoch parameters with the counters of the
+    last finished epoch: save, pickling and copying take the training guard and refuse at once.
+    From a callback of the training thread (between epochs) they work and are consistent."""
+    import copy
+    import io
+    import pickle
+    X, y = problem(15)
+    net = fastbp.MLP(SIZES, activation="tanh", loss="cross_entropy", seed=15)
+    inside, release = threading.Event(), threading.Event()
+    ends, files = {}, []
+
+    def hold(epoch, history, model):
+        ends[epoch] = model.params.copy()
+        buf = io.BytesIO()
+        model.save(buf)  # the training thread itself, between epochs
+        files.append(buf.getvalue())
+        files.append(pickle.dumps(model))
+        assert copy.deepcopy(model).n_epochs_ == epoch
+        if not inside.is_set():
+            inside.set()
+            assert release.wait(60)
+
+    worker = ThreadPoolExecutor(1)
+    job = worker.submit(lambda: net.fit(X, y, epochs=2, batch_size=16, optimizer="adam",
+                                        callbacks=[hold]))
+    try:
+        assert inside.wait(60)
+        attempts = [("MLP.save", lambda: net.save(tmp_path / "m.npz")),
+                    ("copying or pickling", lambda: pickle.dumps(net)),
+                    ("copying or pickling", lambda: copy.deepcopy(net))]
+        for what, attempt in attempts:
+            with pytest.raises(RuntimeError, match=what + ".*in MLP.fit in another thread"):
+                attempt()
+        assert os.listdir(tmp_path) == []
+    finally:
+        release.set()
+        job.result(timeout=120)
+        worker.shutdown()
+    assert len(files) == 4
+    for data in files:
+        back = fastbp.load(io.BytesIO(data)) if data[:2] == b"PK" else pickle.loads(data)
+        np.testing.assert_array_equal(back.params, ends[back.n_epochs_])
+        assert len(back.loss_curve_) == back.n_epochs_
+    net.save(tmp_path / "m.npz")  # free again
+    assert fastbp.load(tmp_path / "m.npz").n_epochs_ == 2
+
+
 def test_a_callback_may_assign_the_weights_but_not_train_again():
     X, y = problem(13)
     net = fastbp.MLP(SIZES, activation="tanh", loss="cross_entropy", seed=13)
