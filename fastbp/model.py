@@ -98,8 +98,21 @@ class _ParamList(list):
         with self._guard.hold(f"{self._name}[{index}] = ...", False):
             self._assign(index, value)
 
+    def _fixed(self, *args, **kwargs):
+        # one view per layer, in order: after a del, net.weights[0] = W would write layer 1
+        raise TypeError(f"net.{self._name} has one array per layer: assign to its items "
+                        f"(net.{self._name}[l] = ...), do not add, remove or reorder them")
+
+    append = extend = insert = pop = remove = clear = sort = reverse = _fixed
+    __delitem__ = __iadd__ = __imul__ = _fixed
+
+    def __reduce__(self):
+        # a copy or pickle of the list is a plain list of the arrays (copy.deepcopy(net.weights)
+        # snapshots the weights), not tied to the model's buffer and guard
+        return list, (list(self),)
+
     def _assign(self, index, value):
-        if not isinstance(index, (int, np.integer)):
+        if not isinstance(index, (int, np.integer)) or isinstance(index, (bool, np.bool_)):
             raise TypeError("assign one layer at a time: net.weights[l] = W")
         view = list.__getitem__(self, index)
         value = np.asarray(value)
@@ -276,8 +289,8 @@ class MLP:
         self._weights = _ParamList(self._guard, "weights")
         self._biases = _ParamList(self._guard, "biases")
         for l in range(len(self._layer_sizes) - 1):
-            self._weights.append(self._layer_slice(self._params, l)[0])
-            self._biases.append(self._layer_slice(self._params, l)[1])
+            list.append(self._weights, self._layer_slice(self._params, l)[0])
+            list.append(self._biases, self._layer_slice(self._params, l)[1])
 
     def _layer_slice(self, buf, l):
         n_in, n_out, w_off, b_off, _ = self._layout[l]

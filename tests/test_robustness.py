@@ -2,6 +2,8 @@
 TypeError naming the argument, what was expected and what came, before any kernel runs;
 awkward but valid arrays are converted, never written through; training that diverges keeps
 the last finite state; allocations that cannot fit raise MemoryError before allocating."""
+import copy
+import pickle
 import tracemalloc
 
 import numba
@@ -827,7 +829,31 @@ def test_weight_assignment_is_checked():
         net.weights[0] = np.zeros((6, 4), complex)
     with raises(TypeError, "one layer at a time"):
         net.weights[0:1] = [np.zeros((6, 4))]
+    with raises(TypeError, "one layer at a time"):
+        net.weights[True] = np.zeros((3, 6))
     assert np.array_equal(net.params, before)
+
+
+def test_weight_lists_keep_one_view_per_layer():
+    """After a ``del net.weights[0]``, ``net.weights[0] = W`` would have written layer 1."""
+    net = ce_net()
+    before = net.params.copy()
+    for change in (lambda w: w.append(np.zeros(3)), lambda w: w.__delitem__(0),
+                   lambda w: w.pop(), lambda w: w.clear(), lambda w: w.reverse(),
+                   lambda w: w.insert(0, w[1]), lambda w: w.extend(w)):
+        for views in (net.weights, net.biases):
+            with raises(TypeError, "one array per layer"):
+                change(views)
+            assert len(views) == 2
+    with raises(TypeError, "one array per layer"):
+        net.weights += [np.zeros(3)]
+    assert [W.shape for W in net.weights] == [(6, 4), (3, 6)]
+    assert np.array_equal(net.params, before)
+    # a copy of the list is a plain list: deepcopy snapshots the weights
+    snapshot = copy.deepcopy(net.weights)
+    assert type(snapshot) is list and not np.shares_memory(snapshot[0], net.params)
+    assert all(np.array_equal(a, b) for a, b in zip(snapshot, net.weights))
+    assert [W.shape for W in pickle.loads(pickle.dumps(net.biases))] == [(6,), (3,)]
 
 
 def test_predict_proba_needs_a_classifier(rng):
