@@ -255,10 +255,12 @@ def test_main_json_flag_prints_json(capsys):
 
 
 def test_main_rejects_bad_options(capsys):
-    for argv in (["--workloads", "nope"], ["--engines", "fastbp,tensorflow"], ["--rounds", "0"]):
+    for argv in (["--workloads", "nope"], ["--engines", "fastbp,tensorflow"], ["--rounds", "0"],
+                 ["--timeout", "nan"], ["--timeout", "0"], ["--seed", "-5"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
+        assert argv[0] in capsys.readouterr().err
     assert main(["--list"]) == 0
     assert "mnist-b32" in capsys.readouterr().out
 

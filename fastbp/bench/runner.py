@@ -221,8 +221,10 @@ def parse_args(argv, prog="fastbp bench"):
     for name in ("rounds", "threads", "epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.timeout <= 0:
-        p.error(f"--timeout must be > 0, got {args.timeout}")
+    if not 0 < args.timeout < float("inf"):  # (nan too)
+        p.error(f"--timeout must be a number of seconds > 0, got {args.timeout}")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
     args.workloads = _csv(args.workloads)
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown or not args.workloads:
