@@ -797,7 +797,7 @@ class MLP:
         if validation_data is not None:
             val = self._check_validation_data(validation_data)
         callbacks = make_callbacks(callbacks, None)
-        self._check_training(X, sw, val, callbacks, current, run)
+        self._check_training(X, sw, val, callbacks, current, run, new_lr)
         if new_lr is not None:
             current.lr = new_lr
         self.optimizer_ = current
@@ -921,11 +921,17 @@ class MLP:
                 "hogwild": bool(hogwild), "on_divergence": on_divergence, "comm": comm,
                 "sharded": bool(sharded)}
 
-    def _check_training(self, X, sw, val, callbacks, opt, run):
+    def _check_training(self, X, sw, val, callbacks, opt, run, lr=None):
         """The checks that need the whole training setup, made before ``fit``/``partial_fit``
-        change any state: validation data for the callbacks and schedule that watch it, and
-        the memory of the training buffers (``fastbp.training``): ``MemoryError`` before
-        anything is allocated."""
+        change any state: the rate (``lr``, or the optimizer's) in the network's dtype,
+        validation data for the callbacks and schedule that watch it, and the memory of the
+        training buffers (``fastbp.training``): ``MemoryError`` before anything is
+        allocated."""
+        lr = opt.lr if lr is None else lr
+        if self.dtype.type(lr) == 0:  # positive, checked; but below the dtype's least number
+            raise ValueError(f"lr={lr!r} is 0 in {self.dtype} (its least positive number is "
+                             f"{float(np.finfo(self.dtype).smallest_subnormal):.2g}): no step would "
+                             f"change the parameters")
         if val is None:
             needs = [f"EarlyStopping(monitor={cb.monitor!r})" for cb in callbacks
                      if isinstance(cb, EarlyStopping) and cb.monitor.startswith("val")]

@@ -834,6 +834,18 @@ def test_weight_assignment_is_checked():
     assert np.array_equal(net.params, before)
 
 
+def test_a_rate_that_is_zero_in_the_dtype_is_rejected(rng):
+    X, y = data(rng)
+    net = ce_net("float32")
+    before = net.params.copy()
+    for call in (lambda: net.fit(X, y, lr=1e-320), lambda: net.partial_fit(X, y, lr=1e-46),
+                 lambda: net.fit(X, y, optimizer={"name": "adam", "lr": 1e-50})):
+        with raises(ValueError, "is 0 in float32", "1.4e-45"):
+            call()
+    assert np.array_equal(net.params, before) and net.n_epochs_ == 0
+    ce_net("float64").fit(X, y, lr=1e-320, epochs=1)  # not 0 in float64
+
+
 def test_weight_lists_keep_one_view_per_layer():
     """After a ``del net.weights[0]``, ``net.weights[0] = W`` would have written layer 1."""
     net = ce_net()
