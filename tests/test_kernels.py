@@ -17,8 +17,8 @@ import pytest
 import naive
 from fastbp import _config
 from fastbp import kernels as K
-from fastbp.kernels.dense import (bias_sums, deferred_sweep, forward_units, grad_block,
-                                  panel_groups, panel_task)
+from fastbp.kernels.dense import (PANEL_AHEAD_BYTES, bias_sums, deferred_sweep, forward_units,
+                                  grad_block, panel_groups, panel_task)
 from fastbp.kernels.simd import vector_bits
 
 ELEMENTWISE = ("identity", "sigmoid", "tanh", "relu")
@@ -568,8 +568,10 @@ def test_narrow_layers_split_by_samples(dtype, rng):
 # block, rows past the last 6-row pair, and a last 1 to 3 rows; and the lower bounds: few terms
 # over rows of ``W`` a multiple of 2 KiB apart (70 x 1536), and from 41 samples over such rows
 # (41 x 1024), 70 rows of ``dW``, 32 samples for 260 rows of ``dW`` over input rows a multiple
-# of 4 KiB apart (1024 columns), 64 samples for 258 rows of ``dW`` (at 256 bits).
-BACKWARD_PANEL_SHAPES = [(67, 77, 1030), (130, 200, 515), (70, 1536, 70), (41, 1024, 70)]
+# of 4 KiB apart (1024 columns), 64 samples for 258 rows of ``dW`` (at 256 bits); and an input
+# batch past ``dense.PANEL_AHEAD_BYTES`` (262 x 1030: the tiles prefetch the next ones' rows).
+BACKWARD_PANEL_SHAPES = [(67, 77, 1030), (130, 200, 515), (70, 1536, 70), (41, 1024, 70),
+                         (262, 1030, 260)]
 GRAD_PANEL_SHAPES = [(258, 256, 515), (1030, 45, 526), (1030, 260, 526), (130, 260, 70),
                      (32, 1024, 260), (64, 260, 258)]
 
@@ -586,6 +588,8 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
     e = eps(dtype)
     name = np.dtype(dtype).name
     code = K.ACTIVATIONS[act]
+    assert any(B * n_in * np.dtype(dtype).itemsize >= PANEL_AHEAD_BYTES
+               for B, n_in, _ in BACKWARD_PANEL_SHAPES)
     for B, n_in, n_out in BACKWARD_PANEL_SHAPES:
         assert use_panels(B, n_out, n_in * np.dtype(dtype).itemsize)
         dout = rng.normal(size=(B, n_out)).astype(dtype)
@@ -650,8 +654,10 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
 # (B, n_in, n_out): shapes that take the forward panels (``dense.use_forward_panels``): strips
 # (64 float32 or 32 float64 units with AVX-512, half that below) that do not divide the units,
 # an odd number of strips in 2 tasks each and in 1 task each, a last partial 6-sample block,
-# a batch of whole blocks, inputs fewer than and not a multiple of a vector.
-FORWARD_PANEL_SHAPES = [(97, 77, 130), (130, 200, 515), (96, 33, 32), (102, 5, 40)]
+# a batch of whole blocks, inputs fewer than and not a multiple of a vector, and an output past
+# ``dense.PANEL_AHEAD_BYTES`` (262 x 1030: the tiles prefetch the next ones' rows).
+FORWARD_PANEL_SHAPES = [(97, 77, 130), (130, 200, 515), (96, 33, 32), (102, 5, 40),
+                        (262, 40, 1030)]
 
 
 @pytest.mark.parametrize("act", ALL_ACTS)
@@ -664,6 +670,8 @@ def test_forward_panels_take_the_same_operations_for_every_sample(act, dtype, rn
     from fastbp.kernels.dense import use_forward_panels
     e = eps(dtype)
     code = K.ACTIVATIONS[act]
+    assert any(B * n_out * np.dtype(dtype).itemsize >= PANEL_AHEAD_BYTES
+               for B, _, n_out in FORWARD_PANEL_SHAPES)
     for B, n_in, n_out in FORWARD_PANEL_SHAPES:
         assert use_forward_panels(B, n_out)
         X = rng.uniform(-1, 1, (B + 5, n_in)).astype(dtype)

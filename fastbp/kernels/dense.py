@@ -105,6 +105,11 @@ COEF_PIECE = 128
 # the source (an input batch, W) is a line or a few from each row, rows a page or so apart,
 # which the hardware prefetchers do not follow. docs/performance.md, "Panel copies".
 PACK_AHEAD = 16
+# From this many bytes of the batch's rows a tile writes (and, in ``dense_backward``, reads for
+# the derivative), the forward and delta panels prefetch the next 6-sample tile's lines of them:
+# a line from each row, rows a page or so apart, which the hardware prefetchers do not follow.
+# Smaller batches mostly sit in L2. docs/performance.md, "Panel tiles: the next rows prefetched".
+PANEL_AHEAD_BYTES = 1 << 20
 
 
 def row_of(rows, b):
@@ -670,7 +675,8 @@ def forward_task(out, inp, weight, bias, t, panels, chunk, groups):
     = W[i, j]``), so that the sums are ``delta_panel``'s tiles: a vector of units per loaded
     panel row, one broadcast input per sample, no reduction across lanes. The last samples go
     through a 6-row copy (zeros after them), so that every sample takes the same operations,
-    wherever it is in the batch."""
+    wherever it is in the batch. From ``PANEL_AHEAD_BYTES`` of output, each tile first
+    prefetches the next tile's lines of ``out``."""
     B, n_in = inp.shape
     n_out = weight.shape[0]
     if not panels:
@@ -695,8 +701,11 @@ def forward_task(out, inp, weight, bias, t, panels, chunk, groups):
         for b in range(b_end, b_end + xs.shape[0]):
             for j in range(n_in if b < B else 0):
                 xs[b - b_end, j] = inp[b, j]
+        ahead = B * n_out * out.itemsize >= PANEL_AHEAD_BYTES
         for k in range(k0, k_end):
             last = k == k1
+            for b in range(PANEL_ROWS * (k + 1), PANEL_ROWS * (k + 2) if ahead else 0):
+                prefetch_row(out, b, i0, i1)
             panel_sums(zs if last else out, 0 if last else PANEL_ROWS * k, i0, i1,
                        xs if last else inp, pk, bias)
         for b in range(b_end, min(B, b_end + xs.shape[0])):
@@ -723,13 +732,18 @@ def backward_panel(dinp, dout, weight, inp, act, j0, j1, k0, k1, rest):
     (samples ``6 k0 .. 6 k1 - 1``) and, with ``rest``, the samples after the last block
     (``panel_blocks``) in ``backward_tile``'s 4-sample tiles. ``W[:, j0:j1]`` is first copied
     into a packed panel (one allocation of ``n_out x PANEL_BYTES``), which each 6-sample tile
-    (``panel_delta``) then reads in order."""
+    (``panel_delta``) then reads in order; with ``PANEL_AHEAD_BYTES`` of input, each tile first
+    prefetches the next tile's lines of ``inp`` and ``dinp``."""
     B = dinp.shape[0]
+    ahead = B * inp.shape[1] * inp.itemsize >= PANEL_AHEAD_BYTES
     if k0 < k1 or rest:
         pk = np.empty((weight.shape[0], PANEL_BYTES // weight.itemsize), dtype=weight.dtype)
         pack_columns(pk, weight, j0, j1)
         for k in range(k0, k1):
             b0 = PANEL_ROWS * k
+            for b in range(b0 + PANEL_ROWS, b0 + 2 * PANEL_ROWS if ahead else 0):
+                prefetch_row(inp, b, j0, j1)
+                prefetch_row(dinp, b, j0, j1)
             panel_delta(dinp, b0, j0, j1, dout, pk)
             times_derivative(dinp, inp, act, b0, b0 + PANEL_ROWS, j0, j1)
         if rest:
