@@ -42,20 +42,23 @@ class Table:
 
 
 def read_table(path, *, target="last", x_key="X", y_key="y", header=None, delimiter=",",
-               dtype="float64"):
+               dtype="float64", read_target=True):
     """Read a ``.npz`` archive (arrays ``x_key`` and, unless ``target`` is None, ``y_key``) or a
     CSV file (any other suffix). In a CSV file ``target`` names the target column by header name
     or by index (negative counts from the end; ``'last'`` is -1); ``None`` means the file holds
     features only. ``header``: True, False, or None to detect it (a first row with a text cell
     above a number; empty and ``NA``-like cells are missing values, not text). ``dtype``: the
-    network's float type; a number beyond its range is an error (it would be infinity there)."""
+    network's float type; a number beyond its range is an error (it would be infinity there).
+    ``read_target`` False: the target column is only left out (``y`` is None), its cells
+    neither parsed nor checked (predictions for data whose targets are unknown)."""
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not a data file")
     if str(path).lower().endswith(".npz"):
-        return _read_npz(path, x_key, None if target is None else y_key, dtype)
-    return _read_csv(path, target, header, delimiter, dtype)
+        return _read_npz(path, x_key, None if target is None or not read_target else y_key,
+                         dtype)
+    return _read_csv(path, target, header, delimiter, dtype, read_target)
 
 
 def _read_npz(path, x_key, y_key, dtype):
@@ -126,7 +129,7 @@ def _is_number(text):
 MISSING = {"", "na", "n/a", "null", "none", "?"}
 
 
-def _read_csv(path, target, header, delimiter, dtype):
+def _read_csv(path, target, header, delimiter, dtype, read_target=True):
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [(n, row) for n, row in enumerate(csv.reader(f, delimiter=delimiter), 1)
@@ -169,7 +172,7 @@ def _read_csv(path, target, header, delimiter, dtype):
             raise DataError(f"{path}: row {body[i][0]}, {_column_name(j, names)}: "
                             f"{_why_unusable(X[i, out], repr(cells[i]), dtype)}")
     y = None
-    if t is not None:
+    if t is not None and read_target:
         cells = [row[t].strip() for _, row in body]
         for (n, _), c in zip(body, cells):
             if not c:

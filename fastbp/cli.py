@@ -128,8 +128,9 @@ def build_parser():
         "the rows of a data file with the feature columns the model was trained on.")
     pr.add_argument("--model", required=True, metavar="MODEL.npz")
     _data_arguments(pr, required=True, target_default=None,
-                    target_help="a column of the file to leave out (the target), by header name "
-                                "or index; default: every column is a feature")
+                    target_help="a column of the file to leave out (the target; its cells are "
+                                "not read), by header name or index; default: every column is "
+                                "a feature")
     pr.add_argument("--out", metavar="PREDICTIONS.csv|.npz",
                     help="write the predictions there (default: CSV on stdout)")
     pr.add_argument("--threads", type=int, default=None)
@@ -626,9 +627,10 @@ def _load_model(path):
     return net, info
 
 
-def _model_data(a, net, info, target):
+def _model_data(a, net, info, target, read_target=True):
     table = _tabular.read_table(a.data, target=target, x_key=a.x_key, y_key=a.y_key,
-                                header=a.header, delimiter=a.delimiter, dtype=net.dtype)
+                                header=a.header, delimiter=a.delimiter, dtype=net.dtype,
+                                read_target=read_target)
     n_in = net.layer_sizes[0]
     if table.X.shape[1] != n_in:
         raise CliError(f"{table.path}: {table.X.shape[1]} feature columns"
@@ -646,8 +648,8 @@ def _predict(a):
     if a.out is not None:
         _check_output("--out", a.out)
     net, info = _load_model(a.model)
-    target = None if a.target is None else a.target
-    table = _model_data(a, net, info, target)
+    # the target column is only left out: its values are not needed (nor checked)
+    table = _model_data(a, net, info, a.target, read_target=False)
     X = np.ascontiguousarray(table.X, dtype=net.dtype)
     with _threads(a.threads):
         out = net.forward(X).astype(np.float64)

@@ -10,7 +10,8 @@ import pytest
 
 from fastbp.bench import (DEFAULT_WORKLOADS, ENGINES, WORKLOADS, available, initial_weights,
                           main, make_data, make_epoch)
-from fastbp.bench.runner import WORKER, format_table, run_worker, summarize, worker_env
+from fastbp.bench.runner import (WORKER, format_table, run_worker, summarize, usable_cpus,
+                                 worker_env)
 
 TEST_WORKLOADS = ("test-tiny", "test-ragged")
 PEERS = ("numpy", "torch", "jax", "jax-scan")
@@ -256,7 +257,8 @@ def test_main_json_flag_prints_json(capsys):
 
 def test_main_rejects_bad_options(capsys):
     for argv in (["--workloads", "nope"], ["--engines", "fastbp,tensorflow"], ["--rounds", "0"],
-                 ["--timeout", "nan"], ["--timeout", "0"], ["--seed", "-5"]):
+                 ["--timeout", "nan"], ["--timeout", "0"], ["--seed", "-5"],
+                 ["--threads", str(usable_cpus() + 1)], ["--threads", "999", "--kernels"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

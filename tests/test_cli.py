@@ -99,6 +99,14 @@ def test_train_csv_classification_save_predict_evaluate(files):
     with np.load(d / "pred.npz") as pred:
         assert list(pred["prediction"]) == list(expected)
         assert pred["scores"].shape == (240, 2) and list(pred["classes"]) == ["no", "yes"]
+    # The column left out is not read: unknown targets (empty cells, a number beyond float32)
+    with open(d / "unknown.csv", "w") as f:
+        f.write("x0,x1,x2,answer\n")
+        for row, answer in zip(files["X"][:7], ["", "1e300", "", "NA", "yes", "", "nan"]):
+            f.write(",".join(f"{v:.6f}" for v in row) + f",{answer}\n")
+    proc = run("predict", "--model", d / "cls.npz", "--data", d / "unknown.csv", "--target",
+               "answer", check=0)
+    assert [l.split(",")[0] for l in proc.stdout.splitlines()[1:]] == list(expected[:7])
 
     proc = run("evaluate", "--model", d / "cls.npz", "--data", d / "cls.csv", "--json",
                check=0)

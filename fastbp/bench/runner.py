@@ -215,12 +215,22 @@ def add_arguments(p):
     return p
 
 
+def usable_cpus():
+    """The CPUs this process may run on (its affinity where the system has one), or None."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def parse_args(argv, prog="fastbp bench"):
     p = add_arguments(argparse.ArgumentParser(prog=prog))
     args = p.parse_args(argv)
     for name in ("rounds", "threads", "epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    cpus = usable_cpus()
+    if cpus and args.threads > cpus:
+        # more threads than cores time the operating system's scheduler, not the engines
+        p.error(f"--threads must be at most {cpus}, the CPUs this process may run on, got "
+                f"{args.threads}")
     if not 0 < args.timeout < float("inf"):  # (nan too)
         p.error(f"--timeout must be a number of seconds > 0, got {args.timeout}")
     if args.seed < 0:
@@ -269,7 +279,7 @@ def main(argv=None):
         print("no engine to run", file=sys.stderr)
         return 1
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     if (any(e.startswith("jax") for e in engines) and 1 < args.threads < (cpus or 0)
             and not args.pin):
         log(f"note: XLA has no thread-count setting between 1 and all cores; JAX will use all "
