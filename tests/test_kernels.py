@@ -568,12 +568,13 @@ def test_narrow_layers_split_by_samples(dtype, rng):
 # block, rows past the last 6-row pair, and a last 1 to 3 rows; and the lower bounds: few terms
 # over rows of ``W`` a multiple of 2 KiB apart (70 x 1536), and from 41 samples over such rows
 # (41 x 1024), 70 rows of ``dW``, 32 samples for 260 rows of ``dW`` over input rows a multiple
-# of 4 KiB apart (1024 columns), 64 samples for 258 rows of ``dW`` (at 256 bits); and an input
+# of 4 KiB apart (1024 columns), 64 samples for 258 rows of ``dW`` (at 256 bits), and a strip
+# the gradient reads in place (128 x 784 for 70 rows: ``dense.grad_in_place``); and an input
 # batch past ``dense.PANEL_AHEAD_BYTES`` (262 x 1030: the tiles prefetch the next ones' rows).
 BACKWARD_PANEL_SHAPES = [(67, 77, 1030), (130, 200, 515), (70, 1536, 70), (41, 1024, 70),
                          (262, 1030, 260)]
 GRAD_PANEL_SHAPES = [(258, 256, 515), (1030, 45, 526), (1030, 260, 526), (130, 260, 70),
-                     (32, 1024, 260), (64, 260, 258)]
+                     (32, 1024, 260), (64, 260, 258), (128, 784, 70)]
 
 
 @pytest.mark.parametrize("act", ELEMENTWISE)
@@ -584,7 +585,7 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
     operations as in the 4-row tiles of the smaller calls, so: bitwise what the same kernel
     gives on the samples (rows of ``dW``) in pieces too small for panels, threaded and serial
     twins agree, and NumPy agrees within rounding."""
-    from fastbp.kernels.dense import use_grad_panels, use_panels
+    from fastbp.kernels.dense import grad_in_place, use_grad_panels, use_panels
     e = eps(dtype)
     name = np.dtype(dtype).name
     code = K.ACTIVATIONS[act]
@@ -613,6 +614,9 @@ def test_packed_panels_are_the_small_batch_tiles_bitwise(act, dtype, rng):
         assert_within(want, ref, tol, f"panel dense_backward {act} {name} B={B}")
     if act != "identity":
         return  # the gradient has no activation: once per dtype
+    item = np.dtype(dtype).itemsize
+    in_place = [grad_in_place(B, n_out, n_in * item, item) for B, n_in, n_out in GRAD_PANEL_SHAPES]
+    assert in_place == [vector_bits() == 256 and n_in == 784 for _, n_in, _ in GRAD_PANEL_SHAPES]
     for B, n_in, n_out in GRAD_PANEL_SHAPES:
         # (not the narrow shape, whose input rows are under 1 KiB, nor, at 512 bits, 64
         # samples: the 4-row tiles, checked all the same)

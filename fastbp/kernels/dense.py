@@ -88,6 +88,12 @@ GRAD_PANEL_ALIASED_SAMPLES = 32
 GRAD_PANEL_ALIASED_PRODUCT = 8192
 GRAD_PANEL_WIDE_SAMPLES = 64
 GRAD_PANEL_WIDE_ROW_BYTES = 1024
+# ``dense_grad``'s panel tiles read the input's strip in place, not copied (``grad_in_place``),
+# when the strip's lines all stay in L1 (8 ways of 64 sets: at most half of the sets' ways that
+# input rows so many lines apart fall in) and the coefficients are at most
+# ``GRAD_IN_PLACE_BYTES`` (past it the tiles ran slower in place than from the copy). At 256 bits
+# (a strip is one line a row); docs/performance.md, "Gradient strips read in place".
+GRAD_IN_PLACE_BYTES = 192 * 1024
 # ``dense_forward`` takes packed panels of ``W`` transposed (``forward_task``) from
 # ``FORWARD_PANEL_MIN_SAMPLES`` samples and ``FORWARD_PANEL_MIN_UNITS`` units: the copy of a
 # strip costs about as much as a few samples' sums over it. docs/performance.md, "Forward
@@ -545,6 +551,22 @@ def use_grad_panels(n_samples, n_rows, row_bytes, item_bytes):
 
 
 @jit()
+def grad_in_place(n_samples, n_rows, row_bytes, item_bytes):
+    """Whether ``dense_grad``'s panel path reads the input's strips in place (see
+    ``GRAD_IN_PLACE_BYTES``): ``n_samples`` input rows ``row_bytes`` long, ``n_rows`` rows of
+    ``dW``. The strip of a row is one 64-byte line; rows ``m`` lines apart fall in ``64 /
+    gcd(m, 64)`` of L1's 64 sets."""
+    if PANEL_BYTES != 64 or row_bytes % 64 != 0:
+        return False
+    m = row_bytes // 64
+    g = 1
+    while m % (2 * g) == 0 and g < 64:
+        g *= 2
+    return (n_samples <= 64 // g * 4
+            and n_samples * n_rows * item_bytes <= GRAD_IN_PLACE_BYTES)
+
+
+@jit()
 def panel_groups(n_strips):
     """Tasks for the last column strip of a panel path (every other strip is one task, packed
     once): 1 for an even number of strips (2 threads get equal shares), else ``PANEL_GROUPS``
@@ -948,35 +970,41 @@ def grad_panel_strip(dweight, dbias, dout, coef, inp, scale, accumulate, j0, j1,
     (``panel_blocks``) in ``grad_block``'s 4-row tiles, with their bias when ``j0`` is 0 (the
     blocks' rows take their bias in ``dense_grad``).
     ``inp[:, j0:j1]`` is first copied into a packed panel (one allocation of ``B x
-    PANEL_BYTES``), which each 6-row tile (``panel_grad``) then reads in order, with block
-    ``k``'s coefficients from ``coef[k]`` (``coef[k, b, u] = dout[b, 6 k + u]``)."""
+    PANEL_BYTES``), or read in place when ``grad_in_place``, by each 6-row tile
+    (``panel_grad``), with block ``k``'s coefficients from ``coef[k]`` (``coef[k, b, u] =
+    dout[b, 6 k + u]``)."""
     n_out = dweight.shape[0]
     if k0 < k1 or rest:
-        pk = np.empty((inp.shape[0], PANEL_BYTES // inp.itemsize), dtype=inp.dtype)
-        pack_columns(pk, inp, j0, j1)
+        B = inp.shape[0]
+        in_place = grad_in_place(B, n_out, inp.shape[1] * inp.itemsize, inp.itemsize)
+        # one call site of the tile for both sources (each is a copy of its code to compile)
+        src = inp if in_place else np.empty((B, PANEL_BYTES // inp.itemsize), dtype=inp.dtype)
+        c0 = j0 if in_place else 0
+        if not in_place:
+            pack_columns(src, inp, j0, j1)
         for k in range(k0, k1):
-            panel_grad(dweight, PANEL_ROWS * k, j0, j1, coef[k], pk, scale, accumulate)
+            panel_grad(dweight, PANEL_ROWS * k, j0, j1, coef[k], src, c0, scale, accumulate)
         if rest:
             for i0 in range(PANEL_ROWS * panel_blocks(n_out), n_out, 4):
                 grad_block(dweight, dbias, dout, inp, scale, accumulate, i0, min(i0 + 4, n_out),
                            j0, j1, None)
 
 
-def panel_grad(dweight, i0, j0, j1, dout, pk, scale, accumulate):
-    """Rows ``i0 .. i0 + 5``, columns ``j0 .. j1 - 1`` of ``dW (+)= scale * dout^T inp`` from the
-    packed panel ``pk`` (``pk[b, j - j0] = inp[b, j]``) and the block's packed coefficients
-    ``dout`` (``dout[b, u]`` = the gradient's ``dout[b, i0 + u]``): ``simd.grad_panel``. For
-    other layouts nothing, as ``panel_delta`` (``dense_grad`` takes the panels only for
-    C-contiguous arrays)."""
+def panel_grad(dweight, i0, j0, j1, dout, pk, c0, scale, accumulate):
+    """Rows ``i0 .. i0 + 5``, columns ``j0 .. j1 - 1`` of ``dW (+)= scale * dout^T inp`` from
+    ``pk`` (``pk[b, c0 + j - j0] = inp[b, j]``: a packed panel with ``c0`` 0, or ``inp`` with
+    ``c0`` = ``j0``) and the block's packed coefficients ``dout`` (``dout[b, u]`` = the
+    gradient's ``dout[b, i0 + u]``): ``simd.grad_panel``. For other layouts nothing, as
+    ``panel_delta`` (``dense_grad`` takes the panels only for C-contiguous arrays)."""
 
 
 @overload(panel_grad)
-def _panel_grad(dweight, i0, j0, j1, dout, pk, scale, accumulate):
+def _panel_grad(dweight, i0, j0, j1, dout, pk, c0, scale, accumulate):
     if all(a.layout == "C" for a in (dweight, dout, pk)):
-        def tiles(dweight, i0, j0, j1, dout, pk, scale, accumulate):
-            grad_panel(dweight, i0, j0, j1, dout, pk, None, scale, accumulate)
+        def tiles(dweight, i0, j0, j1, dout, pk, c0, scale, accumulate):
+            grad_panel(dweight, i0, j0, j1, dout, pk, None, scale, accumulate, c0)
         return tiles
-    return lambda dweight, i0, j0, j1, dout, pk, scale, accumulate: None
+    return lambda dweight, i0, j0, j1, dout, pk, c0, scale, accumulate: None
 
 
 @jit(noalias=True)

@@ -365,7 +365,8 @@ def _source_arguments(rows):
 
 def _grad_codegen(dtype, rows, mr, nv_max, packed):
     """Code of ``grad_tile`` (``packed`` False: ``mr`` = 4, ``nv_max`` by the registers) and of
-    ``grad_panel`` (``packed``: the source is a panel whose column 0 is column ``j0``)."""
+    ``grad_panel`` (``packed``: the coefficients are packed, and the source's column ``c0``,
+    argument 9, is column ``j0``)."""
     def codegen(context, builder, signature, args):
         g = _Codegen(context, builder, signature, args, dtype)
         intp_t, index, fty, lanes, align = g.intp, g.index, g.fty, g.lanes, g.align
@@ -392,8 +393,8 @@ def _grad_codegen(dtype, rows, mr, nv_max, packed):
                 r = context.cast(builder, builder.load(builder.gep(rows_data, [b])),
                                  rows.dtype, types.intp)
             row = _row_pointer(context, builder, inp, args[5], r)
-            # a panel's column 0 is column j0: the tile indexes it by j - j0
-            return builder.gep(row, [builder.neg(j0)]) if packed else row
+            # a panel's column c0 is column j0: the tile indexes it by j - j0 + c0
+            return builder.gep(row, [builder.sub(index(9), j0)]) if packed else row
 
         def emit(j, nv, mask):
             vty = ir.VectorType(fty, lanes)
@@ -437,19 +438,20 @@ def grad_tile(typingctx, dweight, i0, j0, j1, dout, inp, rows, scale, accumulate
 
 
 @intrinsic
-def grad_panel(typingctx, dweight, i0, j0, j1, coef, panel, rows, scale, accumulate):
-    """``grad_tile`` for ``PANEL_ROWS`` rows ``i0 ..`` of ``dweight`` from packed operands:
-    ``panel[b, j - j0]`` holds ``inp[b, j]`` for ``j0 <= j < j1`` (``panel``: (B, >= j1 - j0),
-    C-contiguous) and ``coef[b, u]`` holds ``dout[b, i0 + u]`` (``coef``: (B, >= PANEL_ROWS),
-    C-contiguous). The same operations per element as ``grad_tile`` (multiply-adds in sample
-    order from 0, then the step), so the same numbers, bit for bit. ``rows`` must be None."""
+def grad_panel(typingctx, dweight, i0, j0, j1, coef, panel, rows, scale, accumulate, c0):
+    """``grad_tile`` for ``PANEL_ROWS`` rows ``i0 ..`` of ``dweight`` from packed coefficients,
+    ``coef[b, u]`` holding ``dout[b, i0 + u]`` (``coef``: (B, >= PANEL_ROWS), C-contiguous), and
+    ``panel[b, c0 + j - j0]`` holding ``inp[b, j]`` for ``j0 <= j < j1`` (``panel``: C-contiguous,
+    a packed panel with ``c0`` 0, or ``inp`` itself with ``c0`` = ``j0``). The same operations
+    per element as ``grad_tile`` (multiply-adds in sample order from 0, then the step), so the
+    same numbers, bit for bit. ``rows`` must be None."""
     dtype = _c_float_arrays(dweight, coef, panel)
     if dtype is None or not isinstance(rows, types.NoneType):
         return None
-    if not (_integers(i0, j0, j1) and _step_arguments(scale, accumulate)):
+    if not (_integers(i0, j0, j1, c0) and _step_arguments(scale, accumulate)):
         return None
     codegen = _grad_codegen(dtype, rows, PANEL_ROWS, panel_vectors(), True)
-    return types.void(dweight, i0, j0, j1, coef, panel, rows, scale, accumulate), codegen
+    return types.void(dweight, i0, j0, j1, coef, panel, rows, scale, accumulate, c0), codegen
 
 
 def _delta_codegen(dtype, mr, nv_max, packed, biased=False):
