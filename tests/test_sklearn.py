@@ -370,10 +370,13 @@ def test_diverging_poisson_fit_raises_as_sklearn(rng):
     for mod in (skn, fastbp.sklearn):
         est = mod.MLPRegressor(hidden_layer_sizes=(6,), max_iter=20, random_state=0,
                                loss="poisson", solver="sgd")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # scikit-learn's overflows
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
                 est.fit(X * 100, y)
+        # both warn that max_iter was reached before they raise (and scikit-learn overflows)
+        assert [w.category for w in caught if w.category is not RuntimeWarning] == [
+            ConvergenceWarning], (mod.__name__, [str(w.message) for w in caught])
 
 
 # ---- parameters, errors, warnings --------------------------------------------------------------
