@@ -124,7 +124,7 @@ def test_dense_forward_zero_weights_give_activation_of_bias(rng):
 
 
 VECTOR_WIDTH_SCRIPT = """
-import json, sys
+import itertools, json, sys
 import numpy as np
 from fastbp import kernels as K
 from fastbp.kernels.dense import backward_tile, forward_units, grad_block
@@ -218,7 +218,8 @@ def backward_split(dinp, d, W, a, cuts):
 for dtype in (np.float32, np.float64):
     e = float(np.finfo(dtype).eps)
     for B, n_in, n_out in [(4, 3, 1), (5, 5, 6), (8, 16, 8), (9, 37, 7), (32, 128, 10),
-                           (4, 600, 17), (67, 77, 1030)]:  # the last: packed panels
+                           (4, 600, 17), (67, 77, 1030),  # packed panels
+                           (262, 1030, 260)]:  # their tiles prefetch (dense.PANEL_AHEAD_BYTES)
         d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
         W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
         a = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
@@ -237,13 +238,15 @@ for dtype in (np.float32, np.float64):
             assert np.isfinite(out).all(), (dtype, B, n_in, n_out)
             worst = max(worst, float((np.abs(out - d64 @ W64) / bound).max()))
 
-# a batch large enough for the gradient's packed panels (dense.use_grad_panels: not at 128
-# bits): bitwise the 4-row tiles
-from fastbp.kernels.dense import use_grad_panels
-for dtype in (np.float32, np.float64):
-    B, n_in, n_out = 258, 256, 515
+# batches large enough for the gradient's packed panels (dense.use_grad_panels: not at 128
+# bits), and one whose strips the panels read in place (dense.grad_in_place: at 256 bits):
+# bitwise the 4-row tiles
+from fastbp.kernels.dense import grad_in_place, use_grad_panels
+for dtype, (B, n_in, n_out) in itertools.product((np.float32, np.float64),
+                                                 [(258, 256, 515), (128, 784, 70)]):
     item = np.dtype(dtype).itemsize
     assert use_grad_panels(B, n_out, n_in * item, item) == (vector_bits() >= 256)
+    assert grad_in_place(B, n_out, n_in * item, item) == (vector_bits() == 256 and n_in == 784)
     X = rng.uniform(-1, 1, (B, n_in)).astype(dtype)
     d = rng.uniform(-1, 1, (B, n_out)).astype(dtype)
     W0 = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
@@ -260,7 +263,7 @@ for dtype in (np.float32, np.float64):
 from fastbp.kernels.dense import use_forward_panels
 for dtype in (np.float32, np.float64):
     e = float(np.finfo(dtype).eps)
-    for B, n_in, n_out in [(97, 77, 130), (96, 33, 32)]:
+    for B, n_in, n_out in [(97, 77, 130), (96, 33, 32), (262, 40, 1030)]:  # the last prefetches
         assert use_forward_panels(B, n_out) == (vector_bits() >= 256)
         X = rng.uniform(-1, 1, (B + 3, n_in)).astype(dtype)
         W = rng.uniform(-1, 1, (n_out, n_in)).astype(dtype)
@@ -300,7 +303,8 @@ def test_vector_tiles_at_narrower_vector_widths(tmp_path, cpu, features, bits):
     checks the forward pass, the gradient with its bias step and delta propagation against NumPy (whole tiles,
     columns past the last vector, fewer columns than one vector, rows read through indices,
     both dtypes), that the gradient's and the deltas' columns come out bitwise the same
-    however they are split, that the packed panels give the 4-row tiles' numbers, that the
+    however they are split, that the packed panels (the gradient's also reading its strips in
+    place, the prefetching ones too) give the 4-row tiles' numbers, that the
     forward panels give a sample the same numbers wherever it sits in the batch, and the
     panels' transposing copy."""
     import os
