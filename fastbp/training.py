@@ -501,11 +501,11 @@ def train(net, X, Y, sw, val, epochs, callbacks, batch_size, shuffle, progress, 
             for _ in range(epochs):
                 lr = opt.current_lr()
                 snapshot.take()
-                if shuffle:
-                    runner.shuffle(order, identity)
-                show.begin_epoch(net.n_epochs_ + 1, runner.n_samples)
-                t0 = time.perf_counter()
-                try:
+                try:  # from here (the shuffle draws from the model's generator) to the epoch's end
+                    if shuffle:
+                        runner.shuffle(order, identity)
+                    show.begin_epoch(net.n_epochs_ + 1, runner.n_samples)
+                    t0 = time.perf_counter()
                     loss, step = runner.run(order, lr)
                     seconds = time.perf_counter() - t0
                     loss = runner.synchronize(loss)

@@ -140,3 +140,47 @@ def test_ctrl_c_ends_the_train_command_with_a_line_and_status_130():
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted after" in err and "finished epochs" in err and "Traceback" not in err
+
+
+def test_ctrl_c_right_after_the_shuffle_leaves_the_generator_as_it_was(monkeypatch):
+    """An interrupt that lands between an epoch's shuffle (which draws from the model's
+    generator) and its first piece rolls the generator back with the parameters: the model
+    then continues as if never interrupted. (Run in the process: the shuffle raises, as a
+    SIGINT arriving there would.)"""
+    import numpy as np
+
+    import fastbp
+    from fastbp import training
+
+    def model():
+        return fastbp.MLP([6, 5, 3], dtype="float32", seed=0)
+
+    X = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    y = np.arange(40) % 3
+    make = training.make_runner
+    epochs = []
+
+    def interrupted_runner(*args, **kwargs):
+        runner = make(*args, **kwargs)
+        shuffle = runner.shuffle
+
+        def shuffle_then_interrupt(order, identity):
+            shuffle(order, identity)
+            epochs.append(1)
+            if len(epochs) == 2:
+                raise KeyboardInterrupt
+        runner.shuffle = shuffle_then_interrupt
+        return runner
+
+    net = model()
+    monkeypatch.setattr(training, "make_runner", interrupted_runner)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=3, batch_size=4, lr=0.1)
+    monkeypatch.setattr(training, "make_runner", make)
+    straight = model()
+    straight.fit(X, y, epochs=1, batch_size=4, lr=0.1)
+    assert net.n_epochs_ == 1 and np.array_equal(net.params, straight.params)
+    assert net.rng_state == straight.rng_state
+    net.partial_fit(X, y, batch_size=4, lr=0.1)
+    straight.partial_fit(X, y, batch_size=4, lr=0.1)
+    assert np.array_equal(net.params, straight.params)
